@@ -1,0 +1,1 @@
+"""Regression models of iteration latency, power and energy fitted from profiling tables."""

@@ -1,0 +1,1 @@
+"""Telemetry collection: NVML sampling of real GPUs and a simulated device backend."""

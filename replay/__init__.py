@@ -1,0 +1,1 @@
+"""Trace replay through a simulated inference cluster under energy and power policies."""

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from toolkit.traces.stats import summarize_trace
+from toolkit.traces.synth import SynthSpec, cumulative_intensity, spec_for, synthesize
+
+
+def test_same_seed_same_trace_other_seed_differs():
+    spec = spec_for("conv", duration_s=600)
+    a, b = synthesize(spec), synthesize(spec)
+    assert a.equals(b)
+    assert not synthesize(spec_for("conv", duration_s=600, seed=1)).equals(a)
+
+
+def test_rate_cv_and_length_medians_follow_the_spec():
+    spec = SynthSpec(duration_s=20_000, mean_rate=5.0, cv=2.0, diurnal_amplitude=0.0,
+                     input_median=1000, output_median=100, input_max=10**7, output_max=10**7, seed=7)
+    stats = summarize_trace(synthesize(spec))
+    assert stats["rate_per_s"] == pytest.approx(5.0, rel=0.05)
+    assert stats["interarrival_cv"] == pytest.approx(2.0, rel=0.1)
+    assert stats["input_tokens"]["p50"] == pytest.approx(1000, rel=0.05)
+    assert stats["output_tokens"]["p50"] == pytest.approx(100, rel=0.05)
+
+
+def test_diurnal_peak_and_trough():
+    spec = SynthSpec(duration_s=86_400, mean_rate=2.0, cv=1.0, diurnal_amplitude=0.5,
+                     start_time_of_day_s=0, peak_time_s=12 * 3600, seed=1)
+    arrival = synthesize(spec).column("arrival_s").to_numpy()
+    per_hour = np.bincount((arrival // 3600).astype(int), minlength=24)
+    expected = np.diff(cumulative_intensity(np.arange(25) * 3600.0, spec))
+    assert per_hour.argmax() in (11, 12)
+    assert per_hour[0] < per_hour[12] / 2
+    assert np.abs(per_hour - expected).max() < 5 * np.sqrt(expected.max())
+
+
+def test_lengths_clipped_and_priorities_split():
+    spec = spec_for("longctx", duration_s=20_000, high_priority_fraction=0.25)
+    table = synthesize(spec, "longctx")
+    inp = table.column("input_tokens").to_numpy()
+    assert inp.min() >= spec.input_min and inp.max() <= spec.input_max
+    high = np.mean(np.array(table.column("priority").to_pylist()) == "high")
+    assert high == pytest.approx(0.25, abs=0.1)
+
+
+def test_invalid_spec_rejected(run_cli, tmp_path):
+    result = run_cli("trace", "synth", "--diurnal-amplitude", "1.5", "-o", tmp_path / "x.parquet")
+    assert result.exit_code != 0 and "amplitude" in result.output

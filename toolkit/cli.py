@@ -1,0 +1,50 @@
+"""The ``wattlas`` command: root group, error handling and the sub-command groups."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import WattlasError
+
+
+class WattlasGroup(click.Group):
+    """Turns wattlas errors into one-line messages and a non-zero exit, without tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except WattlasError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=WattlasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wattlas")
+def cli() -> None:
+    """Telemetry analytics and trace replay for LLM inference power and energy."""
+
+
+def _register() -> None:
+    from collectors.cli import collect
+    from characterize.cli import characterize
+    from replay.cli import replay
+    from reports.cli import report
+
+    from .demo import demo
+    from .traces.cli import trace
+
+    for command in (trace, collect, characterize, replay, report, demo):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="wattlas")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

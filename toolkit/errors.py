@@ -1,0 +1,40 @@
+"""Errors that reach the user as one line naming the file, row and column at fault."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class WattlasError(Exception):
+    """Any failure the CLI reports as a one-line message and a non-zero exit."""
+
+
+@dataclass
+class InputError(WattlasError):
+    """Bad input data.
+
+    ``row`` is the 1-based data row (header excluded); ``line`` the 1-based line in a text
+    file when it is known (so editors can jump to it).  Either may be None when the problem
+    concerns the whole file or a whole column.
+    """
+
+    source: str | Path | None
+    message: str
+    row: int | None = None
+    column: str | None = None
+    line: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [str(self.source) if self.source is not None else "<input>"]
+        if self.row is not None:
+            parts.append(f"row {self.row}" + (f" (line {self.line})" if self.line is not None else ""))
+        elif self.line is not None:
+            parts.append(f"line {self.line}")
+        if self.column is not None:
+            parts.append(f"column {self.column}")
+        # One line, always: embedded newlines from library messages would split it.
+        return ": ".join(parts) + ": " + " ".join(self.message.split())
