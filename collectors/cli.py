@@ -1,8 +1,195 @@
 """``wattlas collect``: GPU telemetry collection."""
 
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
 import click
+
+from toolkit.errors import InputError
+
+
+def make_source(backend: str, sim_gpus: int = 1, seed: int = 0):
+    if backend == "sim":
+        from .sim_source import SimSource
+
+        return SimSource(gpus=sim_gpus, seed=seed)
+    from .nvml_source import NvmlSource
+
+    try:
+        import pynvml  # noqa: F401  (nvidia-ml-py)
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise click.ClickException(f"nvidia-ml-py is not installed ({exc})") from None
+    return NvmlSource()
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '12h', '7d' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if not match:
+        raise click.BadParameter(f"not a duration: {text!r} (e.g. 30s, 15m, 12h, 7d)")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so the sampler's finally-blocks flush and finalize."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def sampler_options(func):
+    @click.option("--backend", type=click.Choice(["nvml", "sim"]), default="nvml", show_default=True,
+                  help="nvml: real GPUs; sim: the simulated device (output labelled simulated).")
+    @click.option("--sim-gpus", type=int, default=1, show_default=True, help="GPUs of the simulated device.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated device.")
+    @click.option("--period", "period_s", type=float, default=0.1, show_default=True, help="Sampling period, s (>= 0.01).")
+    @click.option("--flush", "flush_s", type=float, default=1.0, show_default=True, help="Flush interval, s: the most a crash can lose.")
+    @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def _build_sampler(backend, sim_gpus, seed, period_s, flush_s, out_dir, **extra):
+    from .sampler import Sampler
+
+    if period_s < 0.01:
+        raise click.BadParameter("the sampling period must be at least 0.01 s", param_hint="--period")
+    return Sampler(make_source(backend, sim_gpus, seed), out_dir, period_s=period_s, flush_s=flush_s, **extra)
+
+
+def _print_summary(out_dir: Path) -> None:
+    from toolkit.schemas import TELEMETRY_SAMPLES
+
+    from .segments import read_segments
+    from .summary import format_summary, summarize_telemetry
+
+    table = read_segments(out_dir, "telemetry", TELEMETRY_SAMPLES.arrow())
+    if table.num_rows:
+        click.echo(format_summary(summarize_telemetry(table)))
 
 
 @click.group()
 def collect() -> None:
     """Sample GPU telemetry (NVML or the simulated device) and profile workloads."""
+
+
+@collect.command()
+@sampler_options
+@click.option("--duration", type=str, default="10s", show_default=True, help="How long to sample (e.g. 30s, 5m).")
+def sample(duration: str, **opts) -> None:
+    """Sample telemetry for a fixed time."""
+    seconds = parse_duration(duration)
+    sampler = _build_sampler(**opts)
+    with sigterm_as_interrupt():
+        sampler.start()
+        try:
+            time.sleep(seconds)
+        except KeyboardInterrupt:
+            click.echo("interrupted: flushing what was collected", err=True)
+        finally:
+            sampler.stop()
+    _print_summary(opts["out_dir"])
+
+
+@collect.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@sampler_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def run(command: tuple[str, ...], **opts) -> None:
+    """Sample while COMMAND runs (after --). COMMAND may mark phases in $WATTLAS_MARKER_FILE."""
+    out_dir: Path = opts["out_dir"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampler = _build_sampler(**opts)
+    marker = out_dir / f"markers-{sampler.run_id}.jsonl"
+    marker.touch()
+    sampler.markers = __import__("collectors.markers", fromlist=["MarkerReader"]).MarkerReader(marker)
+    env = dict(os.environ, WATTLAS_MARKER_FILE=str(marker), WATTLAS_RUN_ID=sampler.run_id)
+    returncode = 1
+    with sigterm_as_interrupt():
+        sampler.start()
+        try:
+            with sampler.window("command", argv=list(command)):
+                try:
+                    proc = subprocess.Popen(list(command), env=env)
+                except OSError as exc:
+                    raise click.ClickException(f"cannot run {command[0]!r}: {exc}") from None
+                try:
+                    returncode = proc.wait()
+                except KeyboardInterrupt:
+                    proc.send_signal(signal.SIGTERM)
+                    returncode = proc.wait()
+                    click.echo("interrupted: command stopped, flushing what was collected", err=True)
+        finally:
+            sampler.stop()
+    for problem in sampler.markers.errors:
+        click.echo(f"warning: {problem}", err=True)
+    _print_summary(out_dir)
+    sys.exit(returncode)
+
+
+@collect.command()
+@sampler_options
+@click.option("--rotate", default="1h", show_default=True, help="Start a new segment file this often.")
+@click.option("--retention", default="7d", show_default=True, help="Delete finished segments older than this.")
+@click.option("--prom-textfile", type=click.Path(path_type=Path), default=None,
+              help="Write a Prometheus textfile (dcgm-exporter metric names) at every flush.")
+@click.option("--max-runtime", default=None, help="Stop after this long (default: until SIGTERM).")
+def daemon(rotate: str, retention: str, prom_textfile: Path | None, max_runtime: str | None, **opts) -> None:
+    """Collect continuously for scheduled jobs: rotation, retention, Prometheus export."""
+    from .prometheus import write_textfile
+    from .segments import apply_retention
+
+    keep_s = parse_duration(retention)
+    on_flush = (lambda rows: write_textfile(prom_textfile, rows)) if prom_textfile else None
+    sampler = _build_sampler(**opts, rotate_s=parse_duration(rotate), on_flush=on_flush)
+    deadline = time.monotonic() + parse_duration(max_runtime) if max_runtime else None
+    with sigterm_as_interrupt():
+        sampler.start()
+        click.echo(f"collecting to {opts['out_dir']} (run {sampler.run_id}); SIGTERM to stop", err=True)
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                for prefix in ("telemetry", "windows"):
+                    apply_retention(opts["out_dir"], prefix, keep_s)
+                time.sleep(min(60.0, max(0.05, (deadline - time.monotonic()) if deadline else 60.0)))
+        except KeyboardInterrupt:
+            click.echo("stopping: flushing what was collected", err=True)
+        finally:
+            sampler.stop()
+
+
+@collect.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def summary(directory: Path, as_json: bool) -> None:
+    """Per-GPU energy (with method), power and capping of a collection directory."""
+    from toolkit.schemas import TELEMETRY_SAMPLES
+
+    from .segments import read_segments
+    from .summary import format_summary, summarize_telemetry
+
+    if not directory.is_dir():
+        raise InputError(directory, "no such collection directory")
+    table = read_segments(directory, "telemetry", TELEMETRY_SAMPLES.arrow())
+    if table.num_rows == 0:
+        raise InputError(directory, "holds no telemetry segments")
+    result = summarize_telemetry(table)
+    click.echo(result.to_json(orient="records", indent=2) if as_json else format_summary(result))

@@ -42,3 +42,32 @@ def demo(output: Path) -> None:
         click.echo(format_summary(stats, str(path), "synthetic"))
     (output / "trace_stats.json").write_text(json.dumps(summaries, indent=2))
     click.echo(f"wrote {output / 'trace_stats.json'}")
+    _collect_simulated(output / "collection")
+
+
+def _collect_simulated(out: Path) -> None:
+    """Sample the simulated device through prefill, decode and idle phases (about 4 s)."""
+    import time
+
+    from collectors.sampler import Sampler
+    from collectors.segments import read_segments
+    from collectors.sim_source import SimSource
+    from collectors.summary import format_summary, summarize_telemetry
+    from toolkit.schemas import PHASE_WINDOWS, TELEMETRY_SAMPLES
+
+    click.echo("collecting telemetry from the SIMULATED device (2 GPUs, 20 Hz) ...")
+    source = SimSource(gpus=2, seed=0)
+    phases = [("prefill", 0.95, 0.6), ("decode", 0.5, 1.2), ("idle", 0.0, 0.6), ("prefill", 0.95, 0.6), ("decode", 0.5, 1.0)]
+    with Sampler(source, out, period_s=0.05, flush_s=0.5) as sampler:
+        for name, activity, seconds in phases:
+            for gpu in range(source.n):
+                source.set_activity(gpu, activity)
+            with sampler.window(name, activity=activity):
+                time.sleep(seconds)
+    click.echo(format_summary(summarize_telemetry(read_segments(out, "telemetry", TELEMETRY_SAMPLES.arrow()))))
+    windows = read_segments(out, "windows", PHASE_WINDOWS.arrow()).to_pandas()
+    per_phase = windows.groupby("window").agg(energy_j=("energy_j", "sum"), gpu_seconds=("duration_s", "sum"),
+                                              methods=("energy_method", lambda m: ",".join(sorted(set(m.dropna())))))
+    for name, row in per_phase.iterrows():
+        click.echo(f"  [SIMULATED] {name:<8} {row.energy_j:8.1f} J on all GPUs, "
+                   f"{row.energy_j / row.gpu_seconds:.0f} W per GPU ({row.methods})")

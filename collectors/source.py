@@ -1,0 +1,49 @@
+"""What every telemetry backend provides: GPU identities and one reading per GPU per call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+# Columns of telemetry_samples a backend fills; host, backend, gpu identity and times are added
+# by the sampler.  A value a GPU cannot report is None, never 0.
+READING_COLUMNS = (
+    "nvml_timestamp_us", "power_instant_w", "power_avg_w", "energy_j", "power_limit_w",
+    "enforced_power_limit_w", "sm_clock_mhz", "mem_clock_mhz", "clocks_event_reasons", "pstate",
+    "gpu_util_pct", "mem_util_pct", "mem_used_bytes", "mem_total_bytes", "temp_gpu_c", "temp_mem_c",
+    "pcie_tx_kbps", "pcie_rx_kbps", "nvlink_tx_kib", "nvlink_rx_kib",
+)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    uuid: str | None
+    name: str | None
+
+
+class GpuLost(Exception):
+    """The GPU fell off the bus (or needs a reset); its stream ends, other GPUs go on."""
+
+
+class TelemetrySource(Protocol):
+    backend: str  # "nvml" or "sim"
+
+    @property
+    def simulated(self) -> bool: ...
+
+    def open(self) -> list[GpuInfo]: ...
+
+    def read(self, gpu: int, slow: bool) -> dict:
+        """All READING_COLUMNS for one GPU; ``slow`` also reads the metrics that block (PCIe)."""
+
+    def read_energy_power(self, gpu: int) -> tuple[float | None, float | None]:
+        """(energy counter J, power W) read at once, for precise window boundaries."""
+
+    def close(self) -> None: ...
+
+
+def power_for_integration(reading: dict) -> float | None:
+    """Instant power where the GPU reports it, else its averaged power."""
+    power = reading.get("power_instant_w")
+    return power if power is not None else reading.get("power_avg_w")
