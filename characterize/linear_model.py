@@ -1,0 +1,155 @@
+"""Linear-in-parameters latency models over physical terms, fitted per (TP, SM clock) group.
+
+Fitting uses statsmodels WLS with weights 1/y^2 by default, which minimizes *relative*
+squared error: latencies span four orders of magnitude (a 10 us decode kernel to a 2 s prefill)
+and model selection is by MAPE, so every point should count by its relative error.
+The coefficient covariance is kept, so predictions carry confidence intervals.
+
+Between profiled SM clocks a prediction interpolates linearly in 1/f (compute-bound time
+scales with the clock period); outside the profiled range it uses the nearest clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+
+from .model_io import plain_scalar
+from .terms import design_matrix, parse_term
+
+FREQ = "sm_clock_mhz"
+CANDIDATE_GROUP_KEYS = ("model", "tp", FREQ)
+
+
+def group_keys_of(frame: pd.DataFrame) -> list[str]:
+    """Grouping columns set on every row; ``model`` only when the table mixes several."""
+    keys = [k for k in CANDIDATE_GROUP_KEYS if k in frame and frame[k].notna().all()]
+    return [k for k in keys if k != "model" or frame[k].nunique() > 1]
+
+
+@dataclass
+class TermsModel:
+    target: str
+    phase: str
+    terms: list[str]
+    group_keys: list[str]
+    groups: list[dict] = field(default_factory=list)
+    weighting: str = "relative"
+    skipped: list[dict] = field(default_factory=list)
+    kind: str = "terms"
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, target: str, phase: str, terms: list[str], weighting: str = "relative") -> "TermsModel":
+        for term in terms:
+            parse_term(term)
+        keys = group_keys_of(frame)
+        model = cls(target, phase, list(terms), keys, weighting=weighting)
+        grouped = frame.groupby(keys, sort=True) if keys else [((), frame)]
+        for key, g in grouped:
+            key = key if isinstance(key, tuple) else (key,)
+            y = g[target].to_numpy(dtype="float64")
+            X = design_matrix(g, terms)
+            if len(y) <= X.shape[1]:  # cannot be fitted; predictions for it fail loudly
+                model.skipped.append({k: plain_scalar(v) for k, v in zip(keys, key)})
+                continue
+            weights = 1.0 / np.maximum(y, 1e-12) ** 2 if weighting == "relative" else np.ones_like(y)
+            # A term that is identically zero here (no prefix in a short-context table, say) is
+            # left out of this group's fit and gets coefficient 0, instead of a singular design.
+            used = np.flatnonzero(np.abs(X).sum(axis=0) > 0)
+            result = sm.WLS(y, X[:, used], weights=weights).fit()
+            coef = np.zeros(X.shape[1])
+            coef[used] = result.params
+            cov = np.zeros((X.shape[1], X.shape[1]))
+            cov[np.ix_(used, used)] = np.asarray(result.cov_params())
+            model.groups.append({
+                "key": {k: plain_scalar(v) for k, v in zip(keys, key)},
+                "coef": coef.tolist(),
+                "cov": cov.tolist(),
+                "df_resid": float(result.df_resid),
+                "n": int(len(y)),
+                "rsquared": float(result.rsquared),
+            })
+        return model
+
+    # ------------------------------------------------------------------ prediction
+    def _coef_for(self, key: dict) -> list[tuple[float, dict]]:
+        """[(weight, group)] to blend for one query key (frequency interpolation)."""
+        fixed = {k: v for k, v in key.items() if k != FREQ}
+        candidates = [g for g in self.groups if all(plain_scalar(g["key"].get(k)) == plain_scalar(v) for k, v in fixed.items())]
+        if not candidates:
+            known = sorted({tuple(g["key"].items()) for g in self.groups})
+            raise KeyError(f"{self.phase} {self.target} model has no group for {fixed} (fitted: {known})")
+        if FREQ not in self.group_keys or key.get(FREQ) is None or pd.isna(key.get(FREQ)):
+            if FREQ in self.group_keys:  # no clock asked for: the highest profiled clock
+                return [(1.0, max(candidates, key=lambda g: g["key"][FREQ]))]
+            return [(1.0, candidates[0])]
+        f = float(key[FREQ])
+        by_f = sorted(candidates, key=lambda g: g["key"][FREQ])
+        freqs = np.array([g["key"][FREQ] for g in by_f], dtype="float64")
+        if f <= freqs[0]:
+            return [(1.0, by_f[0])]
+        if f >= freqs[-1]:
+            return [(1.0, by_f[-1])]
+        hi = int(np.searchsorted(freqs, f))
+        lo = hi - 1
+        if freqs[hi] == f:
+            return [(1.0, by_f[hi])]
+        w = (1 / f - 1 / freqs[lo]) / (1 / freqs[hi] - 1 / freqs[lo])
+        return [(1 - w, by_f[lo]), (w, by_f[hi])]
+
+    def _blocks(self, frame: pd.DataFrame):
+        keys = [k for k in self.group_keys if k in frame]
+        if not keys:
+            yield np.arange(len(frame)), {}
+            return
+        for key, idx in frame[keys].groupby(keys, sort=False, dropna=False).indices.items():
+            key = key if isinstance(key, tuple) else (key,)
+            yield idx, {k: (None if pd.isna(v) else plain_scalar(v)) for k, v in zip(keys, key)}
+
+    def predict(self, frame: pd.DataFrame, strict: bool = True) -> np.ndarray:
+        """Predictions; rows of an unfitted group raise, or are NaN with ``strict=False``."""
+        out = np.full(len(frame), np.nan)
+        X_all = design_matrix(frame, self.terms)
+        for idx, key in self._blocks(frame):
+            try:
+                blend = self._coef_for(key)
+            except KeyError:
+                if strict:
+                    raise
+                continue
+            out[idx] = sum(w * (X_all[idx] @ np.asarray(g["coef"])) for w, g in blend)
+        return out
+
+    def predict_interval(self, frame: pd.DataFrame, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Confidence interval of the mean prediction (from the coefficient covariance)."""
+        mean = self.predict(frame)
+        half = np.empty(len(frame))
+        X_all = design_matrix(frame, self.terms)
+        for idx, key in self._blocks(frame):
+            var = np.zeros(len(idx))
+            dof = np.inf
+            for w, g in self._coef_for(key):
+                cov = np.asarray(g["cov"])
+                var += w**2 * np.einsum("ij,jk,ik->i", X_all[idx], cov, X_all[idx])
+                dof = min(dof, g["df_resid"])
+            half[idx] = stats.t.ppf(0.5 + level / 2, dof) * np.sqrt(np.maximum(var, 0))
+        return mean - half, mean + half
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "target": self.target, "phase": self.phase, "terms": self.terms,
+                "group_keys": self.group_keys, "weighting": self.weighting, "groups": self.groups,
+                "skipped": self.skipped}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TermsModel":
+        for term in data["terms"]:
+            parse_term(term)
+        return cls(data["target"], data["phase"], list(data["terms"]), list(data["group_keys"]),
+                   [dict(g) for g in data["groups"]], data.get("weighting", "relative"), list(data.get("skipped", [])))
+

@@ -1,0 +1,76 @@
+"""Gradient-boosted trees (scikit-learn) as a data-driven rival to the physical models.
+
+A fitted ``GradientBoostingRegressor`` is exported to plain arrays in JSON and evaluated with
+numpy, so tree models are stored without pickle like every other model.  Trees interpolate
+well inside the profiled grid but cannot extrapolate (a KV prefix beyond the grid gets the
+latency of the largest profiled one); validation measures exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+TREE_FEATURES = ["chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens", "tp", "sm_clock_mhz"]
+
+
+def _features(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    return np.column_stack([frame[n].to_numpy(dtype="float64") for n in names])
+
+
+@dataclass
+class TreeEnsembleModel:
+    target: str
+    phase: str
+    features: list[str]
+    base: float
+    learning_rate: float
+    trees: list[dict] = field(default_factory=list)
+    log_target: bool = True
+    kind: str = "gbr_trees"
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, target: str, phase: str, seed: int = 0, **params) -> "TreeEnsembleModel":
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        names = [n for n in TREE_FEATURES if n in frame and frame[n].notna().all() and frame[n].nunique() > 1]
+        y = np.log(frame[target].to_numpy(dtype="float64"))  # log: relative errors, like MAPE
+        options = {"n_estimators": 300, "max_depth": 4, "learning_rate": 0.05, "subsample": 0.8, "random_state": seed}
+        options.update(params)
+        gbr = GradientBoostingRegressor(**options).fit(_features(frame, names), y)
+        trees = []
+        for (estimator,) in gbr.estimators_:
+            t = estimator.tree_
+            trees.append({"left": t.children_left.tolist(), "right": t.children_right.tolist(),
+                          "feature": t.feature.tolist(), "threshold": t.threshold.tolist(),
+                          "value": t.value[:, 0, 0].tolist()})
+        base = float(np.ravel(gbr.init_.constant_)[0])
+        return cls(target, phase, names, base, float(gbr.learning_rate), trees)
+
+    def predict(self, frame: pd.DataFrame, strict: bool = True) -> np.ndarray:
+        X = _features(frame, self.features)
+        total = np.full(len(X), self.base)
+        rows = np.arange(len(X))
+        for tree in self.trees:
+            left, right = np.asarray(tree["left"]), np.asarray(tree["right"])
+            feature, threshold = np.asarray(tree["feature"]), np.asarray(tree["threshold"])
+            node = np.zeros(len(X), dtype=np.int64)
+            while True:
+                internal = left[node] != -1
+                if not internal.any():
+                    break
+                go_left = X[rows, np.maximum(feature[node], 0)] <= threshold[node]
+                node = np.where(internal, np.where(go_left, left[node], right[node]), node)
+            total += self.learning_rate * np.asarray(tree["value"])[node]
+        return np.exp(total) if self.log_target else total
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "target": self.target, "phase": self.phase, "features": self.features,
+                "base": self.base, "learning_rate": self.learning_rate, "log_target": self.log_target, "trees": self.trees}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TreeEnsembleModel":
+        return cls(data["target"], data["phase"], list(data["features"]), float(data["base"]),
+                   float(data["learning_rate"]), list(data["trees"]), bool(data.get("log_target", True)))
