@@ -25,6 +25,19 @@ FREQ = "sm_clock_mhz"
 CANDIDATE_GROUP_KEYS = ("model", "tp", FREQ)
 
 
+def _independent_columns(X: np.ndarray) -> np.ndarray:
+    """Indices of columns that add rank (in order): zero or collinear terms are left out."""
+    norms = np.linalg.norm(X, axis=0)
+    kept: list[int] = []
+    for j in range(X.shape[1]):
+        if norms[j] == 0:
+            continue
+        trial = kept + [j]
+        if np.linalg.matrix_rank(X[:, trial] / norms[trial], tol=1e-9) == len(trial):
+            kept.append(j)
+    return np.array(kept, dtype=np.int64)
+
+
 def group_keys_of(frame: pd.DataFrame) -> list[str]:
     """Grouping columns set on every row; ``model`` only when the table mixes several."""
     keys = [k for k in CANDIDATE_GROUP_KEYS if k in frame and frame[k].notna().all()]
@@ -58,9 +71,9 @@ class TermsModel:
                 model.skipped.append({k: plain_scalar(v) for k, v in zip(keys, key)})
                 continue
             weights = 1.0 / np.maximum(y, 1e-12) ** 2 if weighting == "relative" else np.ones_like(y)
-            # A term that is identically zero here (no prefix in a short-context table, say) is
-            # left out of this group's fit and gets coefficient 0, instead of a singular design.
-            used = np.flatnonzero(np.abs(X).sum(axis=0) > 0)
+            # A term that is zero or collinear here (no prefix in a short-context table, a fixed
+            # decode batch) is left out of this group's fit with coefficient 0: no singular design.
+            used = _independent_columns(X)
             result = sm.WLS(y, X[:, used], weights=weights).fit()
             coef = np.zeros(X.shape[1])
             coef[used] = result.params

@@ -193,3 +193,24 @@ def summary(directory: Path, as_json: bool) -> None:
         raise InputError(directory, "holds no telemetry segments")
     result = summarize_telemetry(table)
     click.echo(result.to_json(orient="records", indent=2) if as_json else format_summary(result))
+
+
+@collect.command()
+@click.option("--backend", type=click.Choice(["sim", "gpu"]), default="sim", show_default=True,
+              help="sim: roofline model of a simulated H100 (labelled simulated); gpu: the PyTorch workload on real GPUs.")
+@click.option("--preset", type=click.Choice(["llama3-8b", "llama2-70b", "tiny"]), default="llama3-8b", show_default=True)
+@click.option("--sweep", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
+@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="profile_iterations Parquet.")
+def profile(backend: str, preset: str, sweep: str, repeats: int, seed: int, output: Path) -> None:
+    """Profile chunked prefill, decode and mixed iterations over a (c, p, b, k, TP, clock) sweep."""
+    if backend == "gpu":
+        raise click.ClickException("the GPU workload driver is not built yet (issue 4); use --backend sim")
+    from toolkit.parquet_io import atomic_write_table
+
+    from .sim_profile import simulate_profile
+
+    table = simulate_profile(preset, sweep, repeats, seed)
+    atomic_write_table(table, output)
+    click.echo(f"wrote {table.num_rows:,} SIMULATED iterations ({preset}, sweep {sweep}) to {output}")

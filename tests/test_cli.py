@@ -39,4 +39,10 @@ def test_chunked_convert_equals_in_memory(run_cli, tmp_path):
 def test_demo_runs(run_cli, tmp_path):
     result = run_cli("demo", "-o", tmp_path / "demo")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "trace_stats.json").exists()
+    demo = tmp_path / "demo"
+    assert (demo / "trace_stats.json").exists()
+    assert (demo / "models_sim_llama3-8b.json").exists()
+    summary = json.loads((demo / "replay_synth_conv_1h" / "summary.json").read_text())
+    assert summary["simulated_models"] is True and summary["synthetic_trace"] is True
+    assert summary["finished"] == summary["requests"]
+    assert "[SIMULATED" in result.output

@@ -43,7 +43,38 @@ def demo(output: Path) -> None:
     (output / "trace_stats.json").write_text(json.dumps(summaries, indent=2))
     click.echo(f"wrote {output / 'trace_stats.json'}")
     _collect_simulated(output / "collection")
+    bundle = _profile_and_characterize(output)
+    _replay_samples(output, bundle)
 
+
+def _profile_and_characterize(out: Path) -> Path:
+    from characterize.fitting import fit_bundle
+    from characterize.importers import from_profile
+    from collectors.sim_profile import simulate_profile
+    from toolkit.parquet_io import atomic_write_table
+
+    click.echo("profiling llama3-8b on the SIMULATED device (roofline model, quick sweep) ...")
+    table = simulate_profile("llama3-8b", "quick")
+    atomic_write_table(table, out / "profile_sim_llama3-8b.parquet")
+    click.echo("fitting latency and power models ...")
+    bundle = fit_bundle(from_profile(table), {"simulated": True, "sources": ["simulated profile llama3-8b quick"]},
+                        tree_estimators=100)
+    path = bundle.save(out / "models_sim_llama3-8b.json")
+    for name, report in bundle.validation.items():
+        scores = report[report["selected"]]
+        ex = scores.get("extrapolation_mape")
+        click.echo(f"  [SIMULATED] {name:<22} {report['selected']:<9} CV MAPE {scores['cv_mape']:.1f}%"
+                   + (f", 4x-context extrapolation {ex:.1f}%" if ex is not None else ""))
+    return path
+
+
+def _replay_samples(out: Path, bundle: Path) -> None:
+    from replay.cli import format_summary, run_replay
+
+    for name in ("synth_conv_1h", "synth_code_1h"):
+        click.echo(f"replaying {name} on 2 x llama3-8b TP1 (baseline) ...")
+        summary = run_replay(_sample_trace(name, out), bundle, None, out / f"replay_{name}")
+        click.echo(format_summary(summary))
 
 def _collect_simulated(out: Path) -> None:
     """Sample the simulated device through prefill, decode and idle phases (about 4 s)."""

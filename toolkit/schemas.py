@@ -173,8 +173,8 @@ REPLAY_REQUESTS = ArtifactSchema(
         _f64("first_token_s"),
         _f64("finish_s"),
         _f64("ttft_s", minimum=0),
-        _f64("tbt_p50_s", minimum=0),
-        _f64("tbt_p99_s", minimum=0),
+        _f64("tbt_mean_s", "mean time between this request's tokens", minimum=0),
+        _f64("tbt_max_s", "longest gap between two of this request's tokens", minimum=0),
         _f64("e2e_s", minimum=0),
         _f64("energy_j", minimum=0),
         Column("dropped", pa.bool_(), nullable=False),
@@ -182,4 +182,16 @@ REPLAY_REQUESTS = ArtifactSchema(
     ),
 )
 
-ALL_SCHEMAS = {s.name: s for s in (REQUEST_TRACE, TELEMETRY_SAMPLES, PHASE_WINDOWS, PROFILE_ITERATIONS, REPLAY_REQUESTS)}
+POWER_TIMELINE = ArtifactSchema(
+    name="power_timeline",
+    version=1,
+    doc="Mean power per instance per time bin of a replay (energy in the bin / bin width).",
+    columns=(
+        Column("pool", pa.string(), nullable=False),
+        _i64("instance", nullable=False),
+        _f64("t_s", "start of the bin, seconds since trace start", nullable=False, minimum=0),
+        _f64("power_w", "mean power of the instance's GPUs together", minimum=0),
+    ),
+)
+
+ALL_SCHEMAS = {s.name: s for s in (REQUEST_TRACE, TELEMETRY_SAMPLES, PHASE_WINDOWS, PROFILE_ITERATIONS, REPLAY_REQUESTS, POWER_TIMELINE)}

@@ -1,0 +1,119 @@
+"""Cluster configuration for replay, from TOML, with errors that name the file and key.
+
+```toml
+router = "least_loaded"          # or "round_robin"
+bin_s = 1.0                      # power timeline resolution
+gpu_hour_usd = 2.5               # cost of one GPU-hour
+carbon_g_per_kwh = 400.0         # grid carbon intensity
+pue = 1.2                        # facility overhead on IT energy
+
+[[pool]]
+name = "default"
+instances = 2
+tp = 1
+sm_clock_mhz = 1980              # omit: the highest profiled clock
+max_batch_tokens = 4096          # token budget of one iteration (decodes + prefill chunk)
+max_batch_size = 256             # sequences in flight per instance
+kv_capacity_tokens = 400000      # KV cache (tokens) per instance
+chunk_policy = "fixed"           # or "adaptive" (Mnemosyne: largest chunk within tbt_slo_s)
+chunk_size = 2048
+ttft_slo_s = 2.0
+tbt_slo_s = 0.05
+max_input_tokens = 1e12          # requests are routed to the first pool that accepts them
+max_output_tokens = 1e12
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from toolkit.errors import InputError
+
+
+@dataclass
+class PoolConfig:
+    name: str = "default"
+    instances: int = 2
+    tp: int = 1
+    sm_clock_mhz: float | None = None
+    max_batch_tokens: int = 4096
+    max_batch_size: int = 256
+    kv_capacity_tokens: int = 400_000
+    chunk_policy: str = "fixed"
+    chunk_size: int = 2048
+    ttft_slo_s: float = 2.0
+    tbt_slo_s: float = 0.05
+    max_input_tokens: float = 1e12
+    max_output_tokens: float = 1e12
+
+    def check(self, where: str, source) -> None:
+        problems = [
+            (self.instances >= 1, "instances", "must be >= 1"),
+            (self.tp >= 1, "tp", "must be >= 1"),
+            (self.max_batch_tokens >= 1, "max_batch_tokens", "must be >= 1"),
+            (self.max_batch_size >= 1, "max_batch_size", "must be >= 1"),
+            (self.kv_capacity_tokens >= 1, "kv_capacity_tokens", "must be >= 1"),
+            (self.chunk_policy in ("fixed", "adaptive"), "chunk_policy", "must be 'fixed' or 'adaptive'"),
+            (self.chunk_size >= 1, "chunk_size", "must be >= 1"),
+            (self.tbt_slo_s > 0 and self.ttft_slo_s > 0, "tbt_slo_s", "SLOs must be > 0"),
+        ]
+        for ok, key, message in problems:
+            if not ok:
+                raise InputError(source, f"{where}.{key} {message}")
+
+
+@dataclass
+class ClusterConfig:
+    pools: list[PoolConfig] = field(default_factory=lambda: [PoolConfig()])
+    router: str = "least_loaded"
+    bin_s: float = 1.0
+    gpu_hour_usd: float = 2.5
+    carbon_g_per_kwh: float = 400.0
+    pue: float = 1.2
+
+    @property
+    def instances(self) -> int:
+        return sum(p.instances for p in self.pools)
+
+
+def _build(cls, data: dict, where: str, source):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(source, f"unknown key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(sorted(known))})")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise InputError(source, f"bad {where or 'cluster'} settings ({exc})") from None
+
+
+def cluster_from_dict(data: dict, source: str | Path | None = None) -> ClusterConfig:
+    data = dict(data)
+    pools = [_build(PoolConfig, p, f"pool[{i}]", source) for i, p in enumerate(data.pop("pool", [{}]))]
+    config = _build(ClusterConfig, data, "", source)
+    config.pools = pools
+    for i, pool in enumerate(pools):
+        pool.check(f"pool[{i}]", source)
+    if config.router not in ("least_loaded", "round_robin"):
+        raise InputError(source, "router must be 'least_loaded' or 'round_robin'")
+    if config.bin_s <= 0:
+        raise InputError(source, "bin_s must be > 0")
+    return config
+
+
+def load_cluster(path: str | Path) -> ClusterConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"not valid TOML ({exc})") from None
+    return cluster_from_dict(data, path)

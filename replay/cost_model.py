@@ -1,0 +1,134 @@
+"""Per-instance latency and power functions compiled from a model bundle for fast replay.
+
+The replay evaluates an iteration's latency millions of times, so the bundle's physical
+(terms) models are reduced, for one instance's TP and SM clock, to a handful of coefficients
+(frequency blending of groups is linear in the coefficients, so it folds in):
+
+    prefill pieces:  k0 + kc*sum(c) + kcp*sum(c*p) + kc2*sum(c^2) + kp*sum(p)
+    decode batch:    d0 + db*b + dbk*sum(k) + dk*mean(k)
+
+A mixed iteration (prefill chunk(s) + decodes) costs the sum, with one launch constant.
+Tree models cannot be compiled: replay needs physical models.  Power models are per GPU and
+are multiplied by the instance's GPU count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from characterize.linear_model import TermsModel
+from characterize.model_io import ModelBundle
+from characterize.power_model import PowerModel
+from characterize.terms import parse_term
+
+PREFILL_TERMS = {(): "k0", (("c", 1.0),): "kc", (("c", 1.0), ("p", 1.0)): "kcp", (("c", 2.0),): "kc2", (("p", 1.0),): "kp"}
+DECODE_TERMS = {(): "d0", (("b", 1.0),): "db", (("b", 1.0), ("k", 1.0)): "dbk", (("k", 1.0),): "dk"}
+
+
+def _coefficients(model: TermsModel, vocabulary: dict, tp: int, sm_clock_mhz: float | None) -> dict[str, float]:
+    key = {}
+    if "tp" in model.group_keys:
+        key["tp"] = tp
+    if "sm_clock_mhz" in model.group_keys:
+        key["sm_clock_mhz"] = sm_clock_mhz
+    blend = model._coef_for(key)
+    out = dict.fromkeys(vocabulary.values(), 0.0)
+    for i, term in enumerate(model.terms):
+        factors = tuple(sorted(parse_term(term)))
+        if factors not in vocabulary:
+            raise KeyError(f"{model.phase} term {term!r} is outside what replay compiles "
+                           f"({', '.join('*'.join(f'{n}^{p:g}' for n, p in t) or '1' for t in vocabulary)})")
+        out[vocabulary[factors]] += sum(w * g["coef"][i] for w, g in blend)
+    return out
+
+
+@dataclass
+class CompiledPower:
+    params: tuple[float, float, float, float]
+    f_rel: float
+
+    @classmethod
+    def from_model(cls, model: PowerModel, tp: int, sm_clock_mhz: float | None) -> "CompiledPower":
+        match = [g for g in model.groups if "tp" not in model.group_keys or g["key"].get("tp") == tp]
+        if not match:
+            raise KeyError(f"the {model.phase} power model has no group for tp={tp}")
+        f_rel = (sm_clock_mhz / model.f_ref) if (model.f_ref and sm_clock_mhz) else 1.0
+        return cls(tuple(match[0]["params"]), f_rel)
+
+    def __call__(self, load: float) -> float:
+        p_idle, dynamic, load0, v0 = self.params
+        f = self.f_rel
+        return p_idle + dynamic * f * (v0 + (1 - v0) * f) ** 2 * (1 - math.exp(-load / load0))
+
+
+@dataclass
+class InstanceCost:
+    """Latency (s) and power (W, all GPUs of the instance) of one instance's iterations."""
+
+    pre: dict[str, float]
+    dec: dict[str, float]
+    prefill_power: CompiledPower | None
+    decode_power: CompiledPower | None
+    gpus: int
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, gpus: int | None = None) -> "InstanceCost":
+        def coefs(phase, vocabulary):
+            model = bundle.find("latency_s", phase)
+            if model is None:
+                raise KeyError(f"model bundle has no latency model for {phase!r}; replay needs prefill and decode")
+            if not isinstance(model, TermsModel):
+                raise KeyError(f"the {phase} latency model is {model.kind}; replay needs a physical (terms) model")
+            return _coefficients(model, vocabulary, tp, sm_clock_mhz)
+
+        def power(phase):
+            model = bundle.find("mean_power_w", phase)
+            return None if model is None else CompiledPower.from_model(model, tp, sm_clock_mhz)
+
+        return cls(coefs("prefill", PREFILL_TERMS), coefs("decode", DECODE_TERMS),
+                   power("prefill") or power("mixed"), power("decode"), gpus=gpus or tp)
+
+    @property
+    def has_power(self) -> bool:
+        return self.prefill_power is not None and self.decode_power is not None
+
+    def prefill_latency(self, c: float, cp: float, c2: float, p: float) -> float:
+        q = self.pre
+        return q["k0"] + q["kc"] * c + q["kcp"] * cp + q["kc2"] * c2 + q["kp"] * p
+
+    def decode_latency(self, b: int, k_sum: float) -> float:
+        q = self.dec
+        return q["d0"] + q["db"] * b + q["dbk"] * k_sum + q["dk"] * (k_sum / b)
+
+    def iteration_latency(self, c: float, cp: float, c2: float, p: float, b: int, k_sum: float) -> float:
+        latency = 0.0
+        if c > 0:
+            latency += self.prefill_latency(c, cp, c2, p)
+        if b > 0:
+            latency += self.decode_latency(b, k_sum) - (self.dec["d0"] if c > 0 else 0.0)
+        return max(latency, 1e-6)
+
+    def largest_chunk(self, p: float, b: int, k_sum: float, slo_s: float, granularity: int = 32) -> int:
+        """Mnemosyne adaptive chunk: the largest c (multiple of granularity) keeping the mixed iteration <= SLO."""
+        q = self.pre
+        rest = q["k0"] + q["kp"] * p + ((self.decode_latency(b, k_sum) - self.dec["d0"]) if b else 0.0) - slo_s
+        a, lin = q["kc2"], q["kc"] + q["kcp"] * p
+        if rest >= 0:
+            return 0
+        if a > 1e-18:
+            c = (-lin + math.sqrt(lin * lin - 4 * a * rest)) / (2 * a)
+        elif lin > 0:
+            c = -rest / lin
+        else:
+            c = float("inf")
+        return int(min(c, 1 << 30) // granularity * granularity)
+
+    def iteration_power(self, prefill_tokens: float, b: int) -> float | None:
+        if not self.has_power:
+            return None
+        model = self.prefill_power if prefill_tokens > 0 else self.decode_power
+        return model(prefill_tokens + b) * self.gpus
+
+    def idle_power(self) -> float | None:
+        return None if self.decode_power is None else self.decode_power(0.0) * self.gpus

@@ -1,0 +1,424 @@
+"""Discrete-event replay of a request trace through a simulated cluster, iteration by iteration.
+
+Each instance runs continuous batching with chunked prefill (Sarathi/Mnemosyne style): every
+iteration carries all running decodes plus prefill chunk(s) from the queue, up to the
+iteration's token budget; a chunk is ``chunk_size`` tokens, or with the adaptive policy the
+largest chunk whose mixed iteration keeps the TBT SLO at the current KV prefix.  KV memory is
+reserved for a request's prompt and output when its prefill starts; a request that could never
+fit is dropped with a reason, every other one finishes.
+
+Speed: between events (an arrival, a completion) a decode-only batch does not change, and
+iteration latency is linear in the iteration index (each iteration adds b KV entries), so
+the whole stretch is computed in closed form instead of iteration by iteration.  Routing is
+join-the-shortest-queue (``least_loaded``) or round robin across the pool's instances.
+
+Energy: each iteration's power comes from the power model at its load, idle time at the idle
+power; energy is attributed to requests by tokens processed, and binned per instance into a
+power timeline.  The two accountings are checked against each other.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .config import ClusterConfig, PoolConfig
+from .cost_model import InstanceCost
+
+TBT_BINS_PER_DECADE = 200
+TBT_MIN_LOG = -6.0
+TBT_BINS = TBT_BINS_PER_DECADE * 10
+MIN_CHUNK = 32
+
+
+class Requests:
+    """Column arrays of the trace plus each request's outcome."""
+
+    def __init__(self, arrival: np.ndarray, inputs: np.ndarray, outputs: np.ndarray) -> None:
+        n = len(arrival)
+        self.arrival = arrival
+        self.input = inputs
+        self.output = outputs
+        self.pool = np.full(n, -1, dtype=np.int64)
+        self.instance = np.full(n, -1, dtype=np.int64)
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.tbt_max = np.zeros(n)
+        self.energy = np.zeros(n)
+        self.drop_reason = np.full(n, None, dtype=object)
+
+
+class Recorder:
+    """Token-weighted TBT histogram and per-instance energy bins."""
+
+    def __init__(self, n_instances: int, bin_s: float, horizon_s: float) -> None:
+        self.tbt_hist = np.zeros(TBT_BINS)
+        self.bin_s = bin_s
+        self.bins = np.zeros((n_instances, int(horizon_s / bin_s) + 2))
+
+    @staticmethod
+    def _tbt_bin(latency: float) -> int:
+        idx = int((math.log10(max(latency, 1e-6)) - TBT_MIN_LOG) * TBT_BINS_PER_DECADE)
+        return min(max(idx, 0), TBT_BINS - 1)
+
+    def add_tbt(self, first: float, slope: float, n: int, weight: float) -> None:
+        """``n`` iterations of latency first + slope*j, each giving ``weight`` token gaps."""
+        lo, hi = self._tbt_bin(first), self._tbt_bin(first + slope * (n - 1))
+        if lo == hi:  # the common case: the whole stretch falls in one bin
+            self.tbt_hist[lo] += n * weight
+            return
+        latencies = first + slope * np.arange(n)
+        idx = ((np.log10(np.maximum(latencies, 1e-6)) - TBT_MIN_LOG) * TBT_BINS_PER_DECADE).astype(np.int64)
+        np.add.at(self.tbt_hist, np.clip(idx, 0, TBT_BINS - 1), weight)
+
+    def add_energy(self, instance: int, t0: float, t1: float, power_w: float) -> None:
+        """Spread constant power over [t0, t1) into the instance's bins."""
+        if t1 <= t0:
+            return
+        w = self.bin_s
+        first, last = int(t0 // w), int(t1 // w)
+        if last >= self.bins.shape[1]:
+            grow = max(last + 1 - self.bins.shape[1], self.bins.shape[1])
+            self.bins = np.concatenate([self.bins, np.zeros((self.bins.shape[0], grow))], axis=1)
+        row = self.bins[instance]
+        if first == last:
+            row[first] += power_w * (t1 - t0)
+            return
+        row[first] += power_w * ((first + 1) * w - t0)
+        if last > first + 1:
+            row[first + 1:last] += power_w * w
+        row[last] += power_w * (t1 - last * w)
+
+    def tbt_quantile(self, q: float) -> float:
+        total = self.tbt_hist.sum()
+        if total == 0:
+            return float("nan")
+        idx = int(np.searchsorted(np.cumsum(self.tbt_hist), q * total))
+        return float(10 ** (TBT_MIN_LOG + (idx + 0.5) / TBT_BINS_PER_DECADE))
+
+
+class Instance:
+    def __init__(self, index: int, pool_index: int, pool: PoolConfig, cost: InstanceCost, req: Requests, rec: Recorder) -> None:
+        self.index = index
+        self.pool_index = pool_index
+        self.pool = pool
+        self.cost = cost
+        self.req = req
+        self.rec = rec
+        self.t = 0.0
+        self.queue: deque[int] = deque()
+        self.prefilling: list[list[int]] = []  # [request, prompt tokens done]
+        self.run_ids = np.empty(0, dtype=np.int64)
+        self.run_left = np.empty(0, dtype=np.int64)
+        self.run_kv = np.empty(0, dtype=np.float64)
+        self.kv_reserved = 0
+        self.busy_energy = 0.0
+        self.idle_energy = 0.0
+        self.busy_s = 0.0
+        self.iterations = 0
+        self.idle_power = cost.idle_power()
+        self.fast_forward = True  # False: one decode iteration at a time (the reference run)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.queue) + len(self.prefilling) + len(self.run_ids)
+
+    def enqueue(self, r: int) -> None:
+        self.queue.append(r)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _admit(self) -> None:
+        pool = self.pool
+        while self.queue and len(self.prefilling) + len(self.run_ids) < pool.max_batch_size:
+            r = self.queue[0]
+            need = int(self.req.input[r] + self.req.output[r])
+            if need > pool.kv_capacity_tokens:
+                self.queue.popleft()
+                self.req.drop_reason[r] = f"needs {need} KV tokens, instance holds {pool.kv_capacity_tokens}"
+                continue
+            if self.kv_reserved + need > pool.kv_capacity_tokens:
+                return  # wait for KV to free up
+            self.queue.popleft()
+            self.kv_reserved += need
+            self.prefilling.append([r, 0])
+
+    def _spend(self, duration: float, power: float | None) -> None:
+        self.busy_s += duration
+        if power is not None:
+            self.busy_energy += power * duration
+            self.rec.add_energy(self.index, self.t, self.t + duration, power)
+
+    def _finish(self, ids: np.ndarray) -> None:
+        self.req.finish[ids] = self.t
+        self.kv_reserved -= int((self.req.input[ids] + self.req.output[ids]).sum())
+
+    def _step_running(self, n: int) -> None:
+        """The running decodes produced ``n`` tokens each; retire the finished ones."""
+        self.run_left -= n
+        self.run_kv += n
+        done = self.run_left <= 0
+        if done.any():
+            self._finish(self.run_ids[done])
+            keep = ~done
+            self.run_ids, self.run_left, self.run_kv = self.run_ids[keep], self.run_left[keep], self.run_kv[keep]
+
+    # ------------------------------------------------------------------ iterations
+    def _mixed_iteration(self) -> bool:
+        pool, cost, req = self.pool, self.cost, self.req
+        b = len(self.run_ids)
+        k_sum = float(self.run_kv.sum()) if b else 0.0
+        budget = pool.max_batch_tokens - b
+        pieces = []
+        c_sum = cp_sum = c2_sum = p_sum = 0.0
+        for item in self.prefilling:
+            if budget <= 0:
+                break
+            r, done = item
+            cap = pool.chunk_size
+            if pool.chunk_policy == "adaptive":
+                cap = max(MIN_CHUNK, cost.largest_chunk(done, b, k_sum, pool.tbt_slo_s))
+            c = min(int(req.input[r]) - done, budget, cap)
+            if c <= 0:
+                continue
+            pieces.append((item, c))
+            c_sum += c
+            cp_sum += c * done
+            c2_sum += c * c
+            p_sum += done
+            budget -= c
+        if not pieces:
+            return False
+        latency = cost.iteration_latency(c_sum, cp_sum, c2_sum, p_sum, b, k_sum)
+        power = cost.iteration_power(c_sum, b)
+        if power is not None:
+            share = power * latency / (c_sum + b)
+            for (r, _), c in pieces:
+                req.energy[r] += share * c
+            if b:
+                req.energy[self.run_ids] += share
+        self._spend(latency, power)
+        self.t += latency
+        self.iterations += 1
+        if b:
+            self.rec.add_tbt(latency, 0.0, 1, b)
+            ids = self.run_ids  # distinct: plain fancy indexing is exact
+            req.tbt_max[ids] = np.maximum(req.tbt_max[ids], latency)
+            self._step_running(1)
+        finished_prompts = []
+        for item, c in pieces:
+            item[1] += c
+            if item[1] >= req.input[item[0]]:
+                finished_prompts.append(item[0])
+        if finished_prompts:
+            self.prefilling = [item for item in self.prefilling if item[1] < req.input[item[0]]]
+            ids = np.array(finished_prompts, dtype=np.int64)
+            req.first_token[ids] = self.t
+            left = req.output[ids] - 1
+            single = left <= 0
+            if single.any():
+                self._finish(ids[single])
+            more = ~single
+            self.run_ids = np.concatenate([self.run_ids, ids[more]])
+            self.run_left = np.concatenate([self.run_left, left[more]])
+            self.run_kv = np.concatenate([self.run_kv, (req.input[ids[more]] + 1).astype(np.float64)])
+        return True
+
+    def _decode_stretch(self, until: float) -> None:
+        cost, req = self.cost, self.req
+        b = len(self.run_ids)
+        k_sum = float(self.run_kv.sum())
+        first = cost.iteration_latency(0, 0, 0, 0, b, k_sum)
+        slope = cost.iteration_latency(0, 0, 0, 0, b, k_sum + b) - first
+        n = int(self.run_left.min()) if self.fast_forward else 1
+        if math.isfinite(until) and n > 1:
+            # iterations that *start* before ``until``: S(m) = m*first + slope*m(m-1)/2 < until - t
+            gap = until - self.t
+            if slope > 1e-15:
+                a2, a1 = slope / 2, first - slope / 2
+                m = int((-a1 + math.sqrt(a1 * a1 + 4 * a2 * gap)) / (2 * a2))
+            else:
+                m = int(gap / first)
+            n = max(1, min(n, m + 1))
+        duration = n * first + slope * n * (n - 1) / 2
+        power = cost.iteration_power(0, b)
+        if power is not None:
+            req.energy[self.run_ids] += power * duration / b
+        self._spend(duration, power)
+        self.rec.add_tbt(first, slope, n, b)
+        ids = self.run_ids
+        req.tbt_max[ids] = np.maximum(req.tbt_max[ids], max(first, first + slope * (n - 1)))
+        self.t += duration
+        self.iterations += n
+        self._step_running(n)
+
+    def advance(self, until: float) -> None:
+        """Run until ``until`` (the iteration in flight may end past it) or until out of work."""
+        while self.t < until:
+            if self.queue:
+                self._admit()
+            if self.prefilling and self._mixed_iteration():
+                continue
+            if len(self.run_ids):
+                self._decode_stretch(until)
+                continue
+            if math.isfinite(until):
+                if self.idle_power is not None:
+                    self.idle_energy += self.idle_power * (until - self.t)
+                    self.rec.add_energy(self.index, self.t, until, self.idle_power)
+                self.t = until
+            return
+
+    def idle_until(self, t_end: float) -> None:
+        if t_end > self.t and self.idle_power is not None:
+            self.idle_energy += self.idle_power * (t_end - self.t)
+            self.rec.add_energy(self.index, self.t, t_end, self.idle_power)
+        self.t = max(self.t, t_end)
+
+
+@dataclass
+class ReplayResult:
+    requests: pd.DataFrame
+    timeline: pd.DataFrame
+    summary: dict
+
+
+def _route_pools(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    pool = np.full(len(inputs), len(config.pools) - 1, dtype=np.int64)
+    assigned = np.zeros(len(inputs), dtype=bool)
+    for i, p in enumerate(config.pools):
+        fits = ~assigned & (inputs <= p.max_input_tokens) & (outputs <= p.max_output_tokens)
+        pool[fits] = i
+        assigned |= fits
+    return pool
+
+
+def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndarray | None = None,
+           progress=None, fast_forward: bool = True) -> ReplayResult:
+    """Replay ``trace`` (arrival_s, input_tokens, output_tokens) through ``config``.
+
+    ``fast_forward=False`` steps decode iterations one at a time: the plain reference run the
+    closed-form stretches are checked against.
+    """
+    started = time.perf_counter()
+    arrival = trace["arrival_s"].to_numpy(dtype=np.float64)
+    req = Requests(arrival, trace["input_tokens"].to_numpy(dtype=np.int64), trace["output_tokens"].to_numpy(dtype=np.int64))
+    horizon = float(arrival[-1]) if len(arrival) else 0.0
+    rec = Recorder(config.instances, config.bin_s, horizon * 1.5 + 60)
+    instances: list[Instance] = []
+    members: list[list[int]] = []
+    for p_index, pool in enumerate(config.pools):
+        cost = InstanceCost.from_bundle(bundle, pool.tp, pool.sm_clock_mhz)
+        members.append([])
+        for _ in range(pool.instances):
+            members[-1].append(len(instances))
+            instances.append(Instance(len(instances), p_index, pool, cost, req, rec))
+            instances[-1].fast_forward = fast_forward
+    req.pool[:] = _route_pools(config, req.input, req.output)
+    round_robin = [0] * len(config.pools)
+    least_loaded = config.router == "least_loaded"
+    step = max(1, len(arrival) // 100)
+    for r in range(len(arrival)):
+        t = arrival[r]
+        group = members[req.pool[r]]
+        if least_loaded:
+            for i in group:
+                instances[i].advance(t)
+            target = min(group, key=lambda i: instances[i].outstanding)
+        else:
+            target = group[round_robin[req.pool[r]] % len(group)]
+            round_robin[req.pool[r]] += 1
+            instances[target].advance(t)
+        instances[target].enqueue(r)
+        req.instance[r] = target
+        if progress is not None and r % step == 0:
+            progress(r / max(1, len(arrival)))
+    for inst in instances:
+        inst.advance(math.inf)
+    t_end = max([horizon] + [inst.t for inst in instances])
+    for inst in instances:
+        inst.idle_until(t_end)
+    if progress is not None:
+        progress(1.0)
+    return _result(trace, req, rec, instances, config, priority, t_end, time.perf_counter() - started)
+
+
+def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfig, priority, t_end, wall_s) -> ReplayResult:
+    pool_names = np.array([p.name for p in config.pools], dtype=object)
+    has_power = all(inst.cost.has_power for inst in instances)
+    dropped = req.drop_reason != None  # noqa: E711  (object array)
+    ttft = req.first_token - req.arrival
+    e2e = req.finish - req.arrival
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tbt_mean = np.where(req.output > 1, (req.finish - req.first_token) / (req.output - 1), np.nan)
+    requests = pd.DataFrame({
+        "request_id": trace["request_id"].to_numpy() if "request_id" in trace else np.arange(len(req.arrival)),
+        "pool": pool_names[req.pool],
+        "instance": req.instance,
+        "priority": priority if priority is not None else None,
+        "arrival_s": req.arrival,
+        "input_tokens": req.input,
+        "output_tokens": req.output,
+        "first_token_s": req.first_token,
+        "finish_s": req.finish,
+        "ttft_s": ttft,
+        "tbt_mean_s": tbt_mean,
+        "tbt_max_s": np.where(req.output > 1, req.tbt_max, np.nan),
+        "e2e_s": e2e,
+        "energy_j": req.energy if has_power else np.nan,
+        "dropped": dropped,
+        "drop_reason": req.drop_reason,
+    })
+    n_bins = int(math.ceil(t_end / config.bin_s)) if t_end > 0 else 1
+    bins = rec.bins[:, :n_bins]
+    timeline = pd.DataFrame({
+        "pool": np.repeat([config.pools[inst.pool_index].name for inst in instances], n_bins),
+        "instance": np.repeat(np.arange(len(instances)), n_bins),
+        "t_s": np.tile(np.arange(n_bins) * config.bin_s, len(instances)),
+        "power_w": (bins / config.bin_s).ravel() if has_power else np.nan,
+    })
+    slo_ttft = np.array([config.pools[p].ttft_slo_s for p in req.pool])
+    slo_tbt = np.array([config.pools[p].tbt_slo_s for p in req.pool])
+    done = ~dropped
+    met = done & (ttft <= slo_ttft) & ((req.output <= 1) | (tbt_mean <= slo_tbt))
+    busy = sum(i.busy_energy for i in instances)
+    idle = sum(i.idle_energy for i in instances)
+    it_kwh = (busy + idle) / 3.6e6
+    gpu_hours = sum(i.cost.gpus for i in instances) * t_end / 3600.0
+    summary = {
+        "requests": int(len(req.arrival)),
+        "finished": int(done.sum()),
+        "dropped": int(dropped.sum()),
+        "duration_s": float(t_end),
+        "instances": len(instances),
+        "gpus": int(sum(i.cost.gpus for i in instances)),
+        "iterations": int(sum(i.iterations for i in instances)),
+        "ttft_p50_s": _q(ttft[done], 0.5), "ttft_p99_s": _q(ttft[done], 0.99),
+        "tbt_p50_s": rec.tbt_quantile(0.5), "tbt_p99_s": rec.tbt_quantile(0.99),
+        "e2e_p50_s": _q(e2e[done], 0.5), "e2e_p99_s": _q(e2e[done], 0.99),
+        "slo_attainment": float(met.sum() / len(met)) if len(met) else float("nan"),
+        "energy_kwh": it_kwh if has_power else None,
+        "energy_busy_kwh": busy / 3.6e6 if has_power else None,
+        "energy_idle_kwh": idle / 3.6e6 if has_power else None,
+        "facility_energy_kwh": it_kwh * config.pue if has_power else None,
+        "carbon_kg": it_kwh * config.pue * config.carbon_g_per_kwh / 1000.0 if has_power else None,
+        "gpu_hours": gpu_hours,
+        "cost_usd": gpu_hours * config.gpu_hour_usd,
+        "energy_per_output_token_j": (busy + idle) / max(1, int(req.output[done].sum())) if has_power else None,
+        "replay_wall_s": wall_s,
+    }
+    if has_power:
+        summary["conservation"] = {
+            "timeline_j": float(bins.sum()), "instances_j": busy + idle,
+            "requests_plus_idle_j": float(req.energy.sum()) + idle,
+        }
+    return ReplayResult(requests, timeline, summary)
+
+
+def _q(values: np.ndarray, q: float) -> float:
+    values = values[np.isfinite(values)]
+    return float(np.quantile(values, q)) if values.size else float("nan")

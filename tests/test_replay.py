@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from characterize.linear_model import TermsModel
+from characterize.model_io import ModelBundle
+from characterize.power_model import PowerModel
+from replay.config import ClusterConfig, PoolConfig, cluster_from_dict, load_cluster
+from replay.cost_model import InstanceCost
+from replay.engine import replay
+from toolkit.errors import InputError
+
+
+def linear_bundle(k0=0.010, kc=1e-5, kcp=1e-10, d0=0.005, db=1e-4, dbk=1e-8, power=True) -> ModelBundle:
+    """A bundle with known coefficients (one group), for hand-checkable replays."""
+    pre = TermsModel("latency_s", "prefill", ["1", "c", "c*p"], [], [{"key": {}, "coef": [k0, kc, kcp], "cov": np.zeros((3, 3)).tolist(), "df_resid": 10, "n": 20, "rsquared": 1}])
+    dec = TermsModel("latency_s", "decode", ["1", "b", "b*k"], [], [{"key": {}, "coef": [d0, db, dbk], "cov": np.zeros((3, 3)).tolist(), "df_resid": 10, "n": 20, "rsquared": 1}])
+    models = [pre, dec]
+    if power:
+        for phase, params in (("prefill", [100.0, 500.0, 500.0, 1.0]), ("decode", [80.0, 300.0, 50.0, 1.0])):
+            models.append(PowerModel("mean_power_w", phase, "load_tokens", None, [], [{"key": {}, "params": params, "param_names": []}]))
+    return ModelBundle(models, {"simulated": True})
+
+
+def trace(arrivals, inputs, outputs):
+    return pd.DataFrame({"request_id": np.arange(len(arrivals)), "arrival_s": np.asarray(arrivals, float),
+                         "input_tokens": inputs, "output_tokens": outputs})
+
+
+def one_pool(**kw):
+    return ClusterConfig(pools=[PoolConfig(**{"instances": 1, **kw})], router="round_robin")
+
+
+def test_single_request_matches_hand_computation():
+    bundle = linear_bundle()
+    result = replay(trace([1.0], [1000], [10]), bundle, one_pool(chunk_size=4096))
+    r = result.requests.iloc[0]
+    prefill = 0.010 + 1e-5 * 1000
+    assert r.ttft_s == pytest.approx(prefill)
+    decode = [0.005 + 1e-4 + 1e-8 * (1001 + j) for j in range(9)]
+    assert r.e2e_s == pytest.approx(prefill + sum(decode))
+    assert r.tbt_max_s == pytest.approx(decode[-1])
+    assert r.tbt_mean_s == pytest.approx(sum(decode) / 9)
+
+
+def test_chunked_prefill_of_a_long_prompt():
+    result = replay(trace([0.0], [5000], [2]), linear_bundle(), one_pool(chunk_size=2048, max_batch_tokens=2048))
+    chunks = [(2048, 0), (2048, 2048), (904, 4096)]
+    expected = sum(0.010 + 1e-5 * c + 1e-10 * c * p for c, p in chunks)
+    assert result.requests.iloc[0].ttft_s == pytest.approx(expected)
+
+
+def _load(n=3000, seed=0, rate=20.0):
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+    return trace(arrivals, rng.integers(50, 3000, n), rng.integers(1, 300, n))
+
+
+def test_fast_forward_equals_step_by_step_reference():
+    t = _load(800)
+    config = ClusterConfig(pools=[PoolConfig(instances=2, chunk_size=1024)])
+    fast = replay(t, linear_bundle(), config)
+    plain = replay(t, linear_bundle(), config, fast_forward=False)
+    for column in ("first_token_s", "finish_s", "tbt_max_s", "energy_j"):
+        assert np.allclose(fast.requests[column], plain.requests[column], rtol=1e-9, equal_nan=True), column
+    assert fast.summary["iterations"] == plain.summary["iterations"]
+    assert fast.summary["tbt_p99_s"] == pytest.approx(plain.summary["tbt_p99_s"])
+
+
+def test_conservation_and_determinism():
+    t = _load()
+    config = ClusterConfig(pools=[PoolConfig(instances=3, kv_capacity_tokens=20_000)])
+    a = replay(t, linear_bundle(), config)
+    b = replay(t, linear_bundle(), config)
+    pd.testing.assert_frame_equal(a.requests, b.requests)
+    req = a.requests
+    assert (req["dropped"] | req["finish_s"].notna()).all()
+    assert (req["finish_s"].dropna() >= req["arrival_s"][req["finish_s"].notna()]).all()
+    c = a.summary["conservation"]
+    assert c["timeline_j"] == pytest.approx(c["instances_j"], rel=1e-9)
+    assert c["requests_plus_idle_j"] == pytest.approx(c["instances_j"], rel=1e-9)
+    assert a.summary["energy_kwh"] * 3.6e6 == pytest.approx(c["instances_j"])
+
+
+def test_request_larger_than_kv_is_dropped_with_reason():
+    t = trace([0.0, 0.1], [100, 50_000], [10, 10])
+    result = replay(t, linear_bundle(), one_pool(kv_capacity_tokens=10_000))
+    assert result.requests["dropped"].tolist() == [False, True]
+    assert "KV" in result.requests["drop_reason"].iloc[1]
+    assert result.summary["finished"] == 1 and result.summary["dropped"] == 1
+
+
+def test_adaptive_chunking_keeps_decodes_within_tbt_slo():
+    # 20 short requests decoding while a 200 K-token prompt arrives
+    arrivals = [0.0] * 20 + [0.5]
+    t = trace(arrivals, [100] * 20 + [200_000], [400] * 20 + [5])
+    slo = 0.030
+    fixed = replay(t, linear_bundle(), one_pool(chunk_size=8192, max_batch_tokens=16384, tbt_slo_s=slo))
+    adaptive = replay(t, linear_bundle(), one_pool(chunk_policy="adaptive", max_batch_tokens=16384, tbt_slo_s=slo))
+    short_fixed = fixed.requests.iloc[:20]["tbt_max_s"]
+    short_adaptive = adaptive.requests.iloc[:20]["tbt_max_s"]
+    assert (short_fixed > slo).all()
+    assert (short_adaptive <= slo + 1e-9).all()
+    assert adaptive.requests.iloc[20]["ttft_s"] > fixed.requests.iloc[20]["ttft_s"]  # the price: slower prefill
+
+
+def test_largest_chunk_is_the_slo_boundary():
+    cost = InstanceCost.from_bundle(linear_bundle(), tp=1, sm_clock_mhz=None)
+    c = cost.largest_chunk(p=100_000, b=8, k_sum=8 * 2000, slo_s=0.05)
+    mixed = lambda c: cost.iteration_latency(c, c * 100_000, c * c, 100_000, 8, 8 * 2000)
+    assert mixed(c) <= 0.05 < mixed(c + 32)
+
+
+def test_without_power_model_energy_is_null_not_zero():
+    result = replay(_load(100), linear_bundle(power=False), one_pool())
+    assert result.requests["energy_j"].isna().all()
+    assert result.summary["energy_kwh"] is None
+
+
+def test_cluster_toml_errors_name_file_and_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("router = 'least_loaded'\n[[pool]]\ninstances = 4\ntp = 2\nchunk_polcy = 'x'\n")
+    with pytest.raises(InputError, match=r"c.toml.*unknown key pool\[0\].chunk_polcy"):
+        load_cluster(path)
+    path.write_text("[[pool]]\ninstances = 0\n")
+    with pytest.raises(InputError, match="instances must be >= 1"):
+        load_cluster(path)
+    path.write_text("[[pool\n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_cluster(path)
+    good = cluster_from_dict({"pool": [{"instances": 2, "tp": 1}, {"name": "long", "instances": 1}]})
+    assert good.instances == 3
+
+
+def test_replay_cli_writes_artifacts(run_cli, tmp_path):
+    bundle = linear_bundle().save(tmp_path / "m.json")
+    src = tmp_path / "t.parquet"
+    run_cli("trace", "synth", "--duration", "60", "-o", src)
+    out = tmp_path / "rep"
+    result = run_cli("replay", "run", "--trace", src, "--models", bundle, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "[SIMULATED models]" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] + summary["dropped"] == summary["requests"] > 0
+    requests = pd.read_parquet(out / "requests.parquet")
+    assert set(requests["priority"].dropna()) <= {"high", "low"}
+    assert pd.read_parquet(out / "power_timeline.parquet")["power_w"].min() > 0
+
+
+def test_sweep_on_dask_matches_serial_replays(tmp_path):
+    from replay.sweep import expand, parse_vary, run_sweep
+
+    bundle_path = linear_bundle().save(tmp_path / "m.json")
+    trace_path = tmp_path / "t.csv"
+    _load(300).to_csv(trace_path, index=False, columns=["arrival_s", "input_tokens", "output_tokens"])
+    grid = parse_vary(["pool.instances=1,2", "pool.chunk_size=512"])
+    assert len(expand(ClusterConfig(), grid)) == 2
+    table = run_sweep(trace_path, bundle_path, ClusterConfig(), grid, workers=1)
+    assert table["pool.instances"].tolist() == [1, 2]
+    from toolkit.traces.formats import read_trace
+
+    serial = replay(read_trace(trace_path).to_pandas(), linear_bundle(),
+                    ClusterConfig(pools=[PoolConfig(instances=2, chunk_size=512)]))
+    assert table.iloc[1]["energy_kwh"] == pytest.approx(serial.summary["energy_kwh"])
+    with pytest.raises(InputError):
+        expand(ClusterConfig(), parse_vary(["pool.instances=0"]))
