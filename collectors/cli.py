@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,10 +25,6 @@ def make_source(backend: str, sim_gpus: int = 1, seed: int = 0):
         return SimSource(gpus=sim_gpus, seed=seed)
     from .nvml_source import NvmlSource
 
-    try:
-        import pynvml  # noqa: F401  (nvidia-ml-py)
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise click.ClickException(f"nvidia-ml-py is not installed ({exc})") from None
     return NvmlSource()
 
 
@@ -118,11 +115,11 @@ def run(command: tuple[str, ...], **opts) -> None:
     """Sample while COMMAND runs (after --). COMMAND may mark phases in $WATTLAS_MARKER_FILE."""
     out_dir: Path = opts["out_dir"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    sampler = _build_sampler(**opts)
-    marker = out_dir / f"markers-{sampler.run_id}.jsonl"
+    run_id = uuid.uuid4().hex[:12]
+    marker = out_dir / f"markers-{run_id}.jsonl"
     marker.touch()
-    sampler.markers = __import__("collectors.markers", fromlist=["MarkerReader"]).MarkerReader(marker)
-    env = dict(os.environ, WATTLAS_MARKER_FILE=str(marker), WATTLAS_RUN_ID=sampler.run_id)
+    sampler = _build_sampler(**opts, marker_file=marker, run_id=run_id)
+    env = dict(os.environ, WATTLAS_MARKER_FILE=str(marker), WATTLAS_RUN_ID=run_id)
     returncode = 1
     with sigterm_as_interrupt():
         sampler.start()

@@ -17,9 +17,15 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from toolkit.errors import WattlasError
+
 from .source import READING_COLUMNS, GpuInfo, GpuLost
 
 Getter = Callable[[object, object], dict]
+
+
+class NvmlUnavailable(WattlasError):
+    """NVML could not start: no driver, no library, no permission."""
 
 
 def _metric_getters(nvml) -> dict[str, Getter]:
@@ -105,7 +111,10 @@ class NvmlSource:
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> list[GpuInfo]:
         n = self.nvml
-        n.nvmlInit()
+        try:
+            n.nvmlInit()
+        except n.NVMLError as exc:
+            raise NvmlUnavailable(f"NVML unavailable ({exc}); no NVIDIA driver here? Use --backend sim for the simulated device") from None
         infos = []
         for index in range(n.nvmlDeviceGetCount()):
             handle = n.nvmlDeviceGetHandleByIndex(index)

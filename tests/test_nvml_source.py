@@ -79,3 +79,17 @@ def test_gpu_lost_raises():
     with pytest.raises(GpuLost, match="lost"):
         for _ in range(10):
             source.read(0)
+
+
+def test_no_driver_is_a_one_line_error(run_cli, tmp_path, monkeypatch):
+    import collectors.nvml_source as nvml_source
+
+    class NoDriver(FakeNVML):
+        def nvmlInit(self):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(nvml_source.importlib, "import_module", lambda name: NoDriver([]))
+    result = run_cli("collect", "sample", "-o", tmp_path / "x", "--duration", "0.1")
+    assert result.exit_code != 0
+    assert "NVML unavailable" in result.output and "--backend sim" in result.output
+    assert "Traceback" not in result.output
