@@ -1,7 +1,8 @@
 """Cluster configuration for replay, from TOML, with errors that name the file and key.
 
 ```toml
-router = "least_loaded"          # or "round_robin"
+router = "power_of_two"          # JSQ over 2 random instances; or "least_loaded" (all), "round_robin"
+seed = 0                         # of the router's random choices
 bin_s = 1.0                      # power timeline resolution
 gpu_hour_usd = 2.5               # cost of one GPU-hour
 carbon_g_per_kwh = 400.0         # grid carbon intensity
@@ -72,7 +73,8 @@ class PoolConfig:
 @dataclass
 class ClusterConfig:
     pools: list[PoolConfig] = field(default_factory=lambda: [PoolConfig()])
-    router: str = "least_loaded"
+    router: str = "power_of_two"
+    seed: int = 0
     bin_s: float = 1.0
     gpu_hour_usd: float = 2.5
     carbon_g_per_kwh: float = 400.0
@@ -101,8 +103,8 @@ def cluster_from_dict(data: dict, source: str | Path | None = None) -> ClusterCo
     config.pools = pools
     for i, pool in enumerate(pools):
         pool.check(f"pool[{i}]", source)
-    if config.router not in ("least_loaded", "round_robin"):
-        raise InputError(source, "router must be 'least_loaded' or 'round_robin'")
+    if config.router not in ("power_of_two", "least_loaded", "round_robin"):
+        raise InputError(source, "router must be 'power_of_two', 'least_loaded' or 'round_robin'")
     if config.bin_s <= 0:
         raise InputError(source, "bin_s must be > 0")
     return config

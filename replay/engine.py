@@ -10,7 +10,9 @@ fit is dropped with a reason, every other one finishes.
 Speed: between events (an arrival, a completion) a decode-only batch does not change, and
 iteration latency is linear in the iteration index (each iteration adds b KV entries), so
 the whole stretch is computed in closed form instead of iteration by iteration.  Routing is
-join-the-shortest-queue (``least_loaded``) or round robin across the pool's instances.
+join-the-shortest-queue over two random instances (``power_of_two``, the default: O(1) per
+arrival), over all instances (``least_loaded``: exact but it advances every instance at every
+arrival) or round robin.
 
 Energy: each iteration's power comes from the power model at its load, idle time at the idle
 power; energy is attributed to requests by tokens processed, and binned per instance into a
@@ -116,6 +118,7 @@ class Instance:
         self.run_ids = np.empty(0, dtype=np.int64)
         self.run_left = np.empty(0, dtype=np.int64)
         self.run_kv = np.empty(0, dtype=np.float64)
+        self.k_sum = 0.0  # == run_kv.sum(), kept incrementally (the hot loop's most frequent reduction)
         self.kv_reserved = 0
         self.busy_energy = 0.0
         self.idle_energy = 0.0
@@ -157,13 +160,17 @@ class Instance:
         self.req.finish[ids] = self.t
         self.kv_reserved -= int((self.req.input[ids] + self.req.output[ids]).sum())
 
-    def _step_running(self, n: int) -> None:
+    def _step_running(self, n: int, may_finish: bool = True) -> None:
         """The running decodes produced ``n`` tokens each; retire the finished ones."""
         self.run_left -= n
         self.run_kv += n
+        self.k_sum += n * len(self.run_ids)
+        if not may_finish:
+            return
         done = self.run_left <= 0
         if done.any():
             self._finish(self.run_ids[done])
+            self.k_sum -= float(self.run_kv[done].sum())
             keep = ~done
             self.run_ids, self.run_left, self.run_kv = self.run_ids[keep], self.run_left[keep], self.run_kv[keep]
 
@@ -171,7 +178,7 @@ class Instance:
     def _mixed_iteration(self) -> bool:
         pool, cost, req = self.pool, self.cost, self.req
         b = len(self.run_ids)
-        k_sum = float(self.run_kv.sum()) if b else 0.0
+        k_sum = self.k_sum
         budget = pool.max_batch_tokens - b
         pieces = []
         c_sum = cp_sum = c2_sum = p_sum = 0.0
@@ -225,16 +232,19 @@ class Instance:
             more = ~single
             self.run_ids = np.concatenate([self.run_ids, ids[more]])
             self.run_left = np.concatenate([self.run_left, left[more]])
-            self.run_kv = np.concatenate([self.run_kv, (req.input[ids[more]] + 1).astype(np.float64)])
+            new_kv = (req.input[ids[more]] + 1).astype(np.float64)
+            self.run_kv = np.concatenate([self.run_kv, new_kv])
+            self.k_sum += float(new_kv.sum())
         return True
 
     def _decode_stretch(self, until: float) -> None:
         cost, req = self.cost, self.req
         b = len(self.run_ids)
-        k_sum = float(self.run_kv.sum())
+        k_sum = self.k_sum
         first = cost.iteration_latency(0, 0, 0, 0, b, k_sum)
         slope = cost.iteration_latency(0, 0, 0, 0, b, k_sum + b) - first
-        n = int(self.run_left.min()) if self.fast_forward else 1
+        n_finish = int(self.run_left.min())
+        n = n_finish if self.fast_forward else 1
         if math.isfinite(until) and n > 1:
             # iterations that *start* before ``until``: S(m) = m*first + slope*m(m-1)/2 < until - t
             gap = until - self.t
@@ -254,7 +264,7 @@ class Instance:
         req.tbt_max[ids] = np.maximum(req.tbt_max[ids], max(first, first + slope * (n - 1)))
         self.t += duration
         self.iterations += n
-        self._step_running(n)
+        self._step_running(n, may_finish=n >= n_finish)
 
     def advance(self, until: float) -> None:
         """Run until ``until`` (the iteration in flight may end past it) or until out of work."""
@@ -320,15 +330,24 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
             instances[-1].fast_forward = fast_forward
     req.pool[:] = _route_pools(config, req.input, req.output)
     round_robin = [0] * len(config.pools)
-    least_loaded = config.router == "least_loaded"
+    router = config.router
+    rng = np.random.default_rng(config.seed)
     step = max(1, len(arrival) // 100)
     for r in range(len(arrival)):
         t = arrival[r]
         group = members[req.pool[r]]
-        if least_loaded:
+        if router == "least_loaded" or (router == "power_of_two" and len(group) <= 2):
             for i in group:
                 instances[i].advance(t)
             target = min(group, key=lambda i: instances[i].outstanding)
+        elif router == "power_of_two":
+            # JSQ(2): two distinct instances at random, the shorter queue wins.  Only those two are
+            # advanced, so the others' decode stretches are not cut at every arrival.
+            a, b = rng.choice(len(group), 2, replace=False)
+            first, second = group[a], group[b]
+            instances[first].advance(t)
+            instances[second].advance(t)
+            target = first if instances[first].outstanding <= instances[second].outstanding else second
         else:
             target = group[round_robin[req.pool[r]] % len(group)]
             round_robin[req.pool[r]] += 1
