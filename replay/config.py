@@ -5,7 +5,8 @@ router = "power_of_two"          # JSQ over 2 random instances; or "least_loaded
 seed = 0                         # of the router's random choices
 bin_s = 1.0                      # power timeline resolution
 gpu_hour_usd = 2.5               # cost of one GPU-hour
-carbon_g_per_kwh = 400.0         # grid carbon intensity
+carbon_g_per_kwh = 400.0         # grid carbon intensity (constant) ...
+carbon_csv = "grid.csv"          # ... or a series: columns t_s (seconds since trace start), g_per_kwh
 pue = 1.2                        # facility overhead on IT energy
 
 [[pool]]
@@ -78,6 +79,7 @@ class ClusterConfig:
     bin_s: float = 1.0
     gpu_hour_usd: float = 2.5
     carbon_g_per_kwh: float = 400.0
+    carbon_csv: str | None = None
     pue: float = 1.2
 
     @property
@@ -110,6 +112,27 @@ def cluster_from_dict(data: dict, source: str | Path | None = None) -> ClusterCo
     return config
 
 
+def load_carbon_series(path: str | Path) -> tuple:
+    """(t_s, g_per_kwh) arrays of a grid carbon-intensity CSV, validated."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from toolkit.schemas import ArtifactSchema, Column
+    from toolkit.validation import RowContext, validate_frame
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a readable CSV ({exc})") from None
+    schema = ArtifactSchema("carbon_series", 1, (Column("t_s", pa.float64(), nullable=False, minimum=0),
+                                                 Column("g_per_kwh", pa.float64(), nullable=False, minimum=0)), sorted_by="t_s")
+    table = validate_frame(frame, schema, RowContext(path, 0, 1))
+    return table.column("t_s").to_numpy(), table.column("g_per_kwh").to_numpy()
+
+
 def load_cluster(path: str | Path) -> ClusterConfig:
     path = Path(path)
     try:
@@ -118,4 +141,9 @@ def load_cluster(path: str | Path) -> ClusterConfig:
         raise InputError(path, "no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(path, f"not valid TOML ({exc})") from None
-    return cluster_from_dict(data, path)
+    config = cluster_from_dict(data, path)
+    if config.carbon_csv and not Path(config.carbon_csv).is_absolute():
+        config.carbon_csv = str(path.parent / config.carbon_csv)  # relative to the TOML file
+    if config.carbon_csv:
+        load_carbon_series(config.carbon_csv)  # a bad series fails now, not after the replay
+    return config

@@ -21,6 +21,7 @@ power timeline.  The two accountings are checked against each other.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import deque
@@ -53,6 +54,8 @@ class Requests:
         self.tbt_max = np.zeros(n)
         self.energy = np.zeros(n)
         self.drop_reason = np.full(n, None, dtype=object)
+        self.e_join = np.zeros(n)  # instance's energy-per-sequence counter when decoding began
+        self.h_join = np.zeros(n, dtype=np.int64)  # instance's latency-history length then
 
 
 class Recorder:
@@ -105,6 +108,17 @@ class Recorder:
 
 
 class Instance:
+    """One inference instance.  The running decode batch is kept in O(1)-per-event form:
+
+    * ``g`` counts the decode iterations the instance has run; a sequence that joined at
+      ``g0`` with KV ``kv0`` has KV ``kv0 + (g - g0)``, so the batch's KV sum is ``s + b*g``;
+    * a heap holds each sequence's finishing ``g``, so the next completion is ``heap[0]``;
+    * energy per decoding sequence accumulates in ``e_seq`` (each sequence takes
+      ``e_seq - e_seq_at_join``), and iteration latencies go to ``history`` so a sequence's
+      longest gap is the max of the history it lived through.
+    Nothing is touched per running sequence per iteration.
+    """
+
     def __init__(self, index: int, pool_index: int, pool: PoolConfig, cost: InstanceCost, req: Requests, rec: Recorder) -> None:
         self.index = index
         self.pool_index = pool_index
@@ -115,10 +129,11 @@ class Instance:
         self.t = 0.0
         self.queue: deque[int] = deque()
         self.prefilling: list[list[int]] = []  # [request, prompt tokens done]
-        self.run_ids = np.empty(0, dtype=np.int64)
-        self.run_left = np.empty(0, dtype=np.int64)
-        self.run_kv = np.empty(0, dtype=np.float64)
-        self.k_sum = 0.0  # == run_kv.sum(), kept incrementally (the hot loop's most frequent reduction)
+        self.g = 0
+        self.heap: list[tuple[int, int]] = []  # (g at which the sequence finishes, request)
+        self.s = 0.0  # sum over running of (kv at join - g at join)
+        self.e_seq = 0.0
+        self.history: list[float] = []
         self.kv_reserved = 0
         self.busy_energy = 0.0
         self.idle_energy = 0.0
@@ -128,8 +143,12 @@ class Instance:
         self.fast_forward = True  # False: one decode iteration at a time (the reference run)
 
     @property
+    def running(self) -> int:
+        return len(self.heap)
+
+    @property
     def outstanding(self) -> int:
-        return len(self.queue) + len(self.prefilling) + len(self.run_ids)
+        return len(self.queue) + len(self.prefilling) + len(self.heap)
 
     def enqueue(self, r: int) -> None:
         self.queue.append(r)
@@ -137,7 +156,7 @@ class Instance:
     # ------------------------------------------------------------------ bookkeeping
     def _admit(self) -> None:
         pool = self.pool
-        while self.queue and len(self.prefilling) + len(self.run_ids) < pool.max_batch_size:
+        while self.queue and len(self.prefilling) + len(self.heap) < pool.max_batch_size:
             r = self.queue[0]
             need = int(self.req.input[r] + self.req.output[r])
             if need > pool.kv_capacity_tokens:
@@ -156,29 +175,40 @@ class Instance:
             self.busy_energy += power * duration
             self.rec.add_energy(self.index, self.t, self.t + duration, power)
 
-    def _finish(self, ids: np.ndarray) -> None:
-        self.req.finish[ids] = self.t
-        self.kv_reserved -= int((self.req.input[ids] + self.req.output[ids]).sum())
+    def _release(self, r: int) -> None:
+        self.req.finish[r] = self.t
+        self.kv_reserved -= int(self.req.input[r] + self.req.output[r])
 
-    def _step_running(self, n: int, may_finish: bool = True) -> None:
-        """The running decodes produced ``n`` tokens each; retire the finished ones."""
-        self.run_left -= n
-        self.run_kv += n
-        self.k_sum += n * len(self.run_ids)
-        if not may_finish:
+    def _join(self, r: int) -> None:
+        """Request r finished its prompt (first token out) and starts decoding."""
+        req = self.req
+        left = int(req.output[r]) - 1
+        if left <= 0:
+            self._release(r)
             return
-        done = self.run_left <= 0
-        if done.any():
-            self._finish(self.run_ids[done])
-            self.k_sum -= float(self.run_kv[done].sum())
-            keep = ~done
-            self.run_ids, self.run_left, self.run_kv = self.run_ids[keep], self.run_left[keep], self.run_kv[keep]
+        heapq.heappush(self.heap, (self.g + left, r))
+        self.s += float(req.input[r] + 1) - self.g
+        req.e_join[r] = self.e_seq
+        req.h_join[r] = len(self.history)
+
+    def _decoded(self, n: int, latency_max: float, energy_per_seq: float) -> None:
+        """Every running sequence produced n more tokens; retire those that are done."""
+        self.g += n
+        self.e_seq += energy_per_seq
+        self.history.append(latency_max)
+        heap, req = self.heap, self.req
+        while heap and heap[0][0] <= self.g:
+            _, r = heapq.heappop(heap)
+            self.s -= float(req.input[r] + 1) - (self.g - (int(req.output[r]) - 1))
+            req.energy[r] += self.e_seq - req.e_join[r]
+            req.tbt_max[r] = max(self.history[req.h_join[r]:])
+            self._release(r)
 
     # ------------------------------------------------------------------ iterations
     def _mixed_iteration(self) -> bool:
         pool, cost, req = self.pool, self.cost, self.req
-        b = len(self.run_ids)
-        k_sum = self.k_sum
+        b = len(self.heap)
+        k_sum = self.s + b * self.g
         budget = pool.max_batch_tokens - b
         pieces = []
         c_sum = cp_sum = c2_sum = p_sum = 0.0
@@ -202,49 +232,33 @@ class Instance:
             return False
         latency = cost.iteration_latency(c_sum, cp_sum, c2_sum, p_sum, b, k_sum)
         power = cost.iteration_power(c_sum, b)
-        if power is not None:
-            share = power * latency / (c_sum + b)
-            for (r, _), c in pieces:
-                req.energy[r] += share * c
-            if b:
-                req.energy[self.run_ids] += share
+        share = power * latency / (c_sum + b) if power is not None else 0.0
+        for (r, _), c in pieces:
+            req.energy[r] += share * c
         self._spend(latency, power)
         self.t += latency
         self.iterations += 1
         if b:
             self.rec.add_tbt(latency, 0.0, 1, b)
-            ids = self.run_ids  # distinct: plain fancy indexing is exact
-            req.tbt_max[ids] = np.maximum(req.tbt_max[ids], latency)
-            self._step_running(1)
-        finished_prompts = []
+            self._decoded(1, latency, share)
+        completed = False
         for item, c in pieces:
             item[1] += c
             if item[1] >= req.input[item[0]]:
-                finished_prompts.append(item[0])
-        if finished_prompts:
+                completed = True
+                req.first_token[item[0]] = self.t
+                self._join(item[0])
+        if completed:
             self.prefilling = [item for item in self.prefilling if item[1] < req.input[item[0]]]
-            ids = np.array(finished_prompts, dtype=np.int64)
-            req.first_token[ids] = self.t
-            left = req.output[ids] - 1
-            single = left <= 0
-            if single.any():
-                self._finish(ids[single])
-            more = ~single
-            self.run_ids = np.concatenate([self.run_ids, ids[more]])
-            self.run_left = np.concatenate([self.run_left, left[more]])
-            new_kv = (req.input[ids[more]] + 1).astype(np.float64)
-            self.run_kv = np.concatenate([self.run_kv, new_kv])
-            self.k_sum += float(new_kv.sum())
         return True
 
     def _decode_stretch(self, until: float) -> None:
-        cost, req = self.cost, self.req
-        b = len(self.run_ids)
-        k_sum = self.k_sum
+        cost = self.cost
+        b = len(self.heap)
+        k_sum = self.s + b * self.g
         first = cost.iteration_latency(0, 0, 0, 0, b, k_sum)
         slope = cost.iteration_latency(0, 0, 0, 0, b, k_sum + b) - first
-        n_finish = int(self.run_left.min())
-        n = n_finish if self.fast_forward else 1
+        n = self.heap[0][0] - self.g if self.fast_forward else 1
         if math.isfinite(until) and n > 1:
             # iterations that *start* before ``until``: S(m) = m*first + slope*m(m-1)/2 < until - t
             gap = until - self.t
@@ -256,15 +270,11 @@ class Instance:
             n = max(1, min(n, m + 1))
         duration = n * first + slope * n * (n - 1) / 2
         power = cost.iteration_power(0, b)
-        if power is not None:
-            req.energy[self.run_ids] += power * duration / b
         self._spend(duration, power)
         self.rec.add_tbt(first, slope, n, b)
-        ids = self.run_ids
-        req.tbt_max[ids] = np.maximum(req.tbt_max[ids], max(first, first + slope * (n - 1)))
         self.t += duration
         self.iterations += n
-        self._step_running(n, may_finish=n >= n_finish)
+        self._decoded(n, max(first, first + slope * (n - 1)), power * duration / b if power is not None else 0.0)
 
     def advance(self, until: float) -> None:
         """Run until ``until`` (the iteration in flight may end past it) or until out of work."""
@@ -273,7 +283,7 @@ class Instance:
                 self._admit()
             if self.prefilling and self._mixed_iteration():
                 continue
-            if len(self.run_ids):
+            if self.heap:
                 self._decode_stretch(until)
                 continue
             if math.isfinite(until):
@@ -407,6 +417,14 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
     busy = sum(i.busy_energy for i in instances)
     idle = sum(i.idle_energy for i in instances)
     it_kwh = (busy + idle) / 3.6e6
+    if config.carbon_csv:  # time-varying grid intensity, applied bin by bin
+        from .config import load_carbon_series
+
+        t_series, g_series = load_carbon_series(config.carbon_csv)
+        bin_mid = (np.arange(n_bins) + 0.5) * config.bin_s
+        carbon_kg = float((bins.sum(axis=0) / 3.6e6 * np.interp(bin_mid, t_series, g_series)).sum()) * config.pue / 1000.0
+    else:
+        carbon_kg = it_kwh * config.pue * config.carbon_g_per_kwh / 1000.0
     gpu_hours = sum(i.cost.gpus for i in instances) * t_end / 3600.0
     summary = {
         "requests": int(len(req.arrival)),
@@ -424,7 +442,7 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
         "energy_busy_kwh": busy / 3.6e6 if has_power else None,
         "energy_idle_kwh": idle / 3.6e6 if has_power else None,
         "facility_energy_kwh": it_kwh * config.pue if has_power else None,
-        "carbon_kg": it_kwh * config.pue * config.carbon_g_per_kwh / 1000.0 if has_power else None,
+        "carbon_kg": carbon_kg if has_power else None,
         "gpu_hours": gpu_hours,
         "cost_usd": gpu_hours * config.gpu_hour_usd,
         "energy_per_output_token_j": (busy + idle) / max(1, int(req.output[done].sum())) if has_power else None,

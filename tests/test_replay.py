@@ -166,3 +166,16 @@ def test_sweep_on_dask_matches_serial_replays(tmp_path):
     assert table.iloc[1]["energy_kwh"] == pytest.approx(serial.summary["energy_kwh"])
     with pytest.raises(InputError):
         expand(ClusterConfig(), parse_vary(["pool.instances=0"]))
+
+
+def test_carbon_series_weights_energy_by_time(tmp_path):
+    grid = tmp_path / "grid.csv"
+    grid.write_text("t_s,g_per_kwh\n0,100\n100000,100\n")
+    toml = tmp_path / "c.toml"
+    toml.write_text("carbon_csv = 'grid.csv'\npue = 1.0\n[[pool]]\ninstances = 1\n")
+    constant = replay(_load(200), linear_bundle(), ClusterConfig(pools=[PoolConfig(instances=1)], carbon_g_per_kwh=100, pue=1.0))
+    series = replay(_load(200), linear_bundle(), load_cluster(toml))
+    assert series.summary["carbon_kg"] == pytest.approx(constant.summary["carbon_kg"], rel=1e-9)
+    grid.write_text("t_s,g_per_kwh\n0,100\n5,-1\n")
+    with pytest.raises(InputError, match=r"grid.csv: row 2 \(line 3\): column g_per_kwh: negative"):
+        load_cluster(toml)
