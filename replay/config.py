@@ -13,6 +13,9 @@ pue = 1.2                        # facility overhead on IT energy
 name = "default"
 instances = 2
 tp = 1
+pp = 1                           # Mnemosyne sequence-pipeline-parallel stages (prefill)
+kvp = 1                          # Mnemosyne KV-parallel groups (GPUs per instance: tp * pp * kvp)
+models = "h100.json"             # this pool's model bundle (GPU type); default: the --models bundle
 sm_clock_mhz = 1980              # omit: the highest profiled clock
 max_batch_tokens = 4096          # token budget of one iteration (decodes + prefill chunk)
 max_batch_size = 256             # sequences in flight per instance
@@ -44,6 +47,9 @@ class PoolConfig:
     name: str = "default"
     instances: int = 2
     tp: int = 1
+    pp: int = 1
+    kvp: int = 1
+    models: str | None = None
     sm_clock_mhz: float | None = None
     max_batch_tokens: int = 4096
     max_batch_size: int = 256
@@ -59,6 +65,8 @@ class PoolConfig:
         problems = [
             (self.instances >= 1, "instances", "must be >= 1"),
             (self.tp >= 1, "tp", "must be >= 1"),
+            (self.pp >= 1, "pp", "must be >= 1"),
+            (self.kvp >= 1, "kvp", "must be >= 1"),
             (self.max_batch_tokens >= 1, "max_batch_tokens", "must be >= 1"),
             (self.max_batch_size >= 1, "max_batch_size", "must be >= 1"),
             (self.kv_capacity_tokens >= 1, "kv_capacity_tokens", "must be >= 1"),
@@ -142,6 +150,9 @@ def load_cluster(path: str | Path) -> ClusterConfig:
     except tomllib.TOMLDecodeError as exc:
         raise InputError(path, f"not valid TOML ({exc})") from None
     config = cluster_from_dict(data, path)
+    for pool in config.pools:
+        if pool.models and not Path(pool.models).is_absolute():
+            pool.models = str(path.parent / pool.models)
     if config.carbon_csv and not Path(config.carbon_csv).is_absolute():
         config.carbon_csv = str(path.parent / config.carbon_csv)  # relative to the TOML file
     if config.carbon_csv:

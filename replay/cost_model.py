@@ -8,6 +8,16 @@ The replay evaluates an iteration's latency millions of times, so the bundle's p
     decode batch:    d0 + db*b + dbk*sum(k) + dk*mean(k)
 
 A mixed iteration (prefill chunk(s) + decodes) costs the sum, with one launch constant.
+
+Mnemosyne parallelism on top of TP (``pp`` stages of sequence pipeline parallelism, ``kvp``
+KV-parallel groups), in steady state:
+
+* SPP pipelines the chunks of one prompt across ``pp`` stages, so prefill work completes at
+  ``pp`` times the rate: TTFT ~ sum(chunk times) / pp (the pipeline fill is not modelled);
+  a decode token still passes every stage, so decode time is unchanged;
+* KVP splits the KV cache over ``kvp`` groups: the terms that read the KV (c*p and p for
+  prefill, b*k and k for decode) divide by ``kvp``, plus ``kvp_overhead_s`` per iteration to
+  combine the partial attention results - decode time stays flat as context grows.
 Tree models cannot be compiled: replay needs physical models.  Power models are per GPU and
 are multiplied by the instance's GPU count.
 """
@@ -71,9 +81,12 @@ class InstanceCost:
     prefill_power: CompiledPower | None
     decode_power: CompiledPower | None
     gpus: int
+    pp: int = 1
+    kvp: int = 1
+    kvp_overhead_s: float = 50e-6
 
     @classmethod
-    def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, gpus: int | None = None) -> "InstanceCost":
+    def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, pp: int = 1, kvp: int = 1) -> "InstanceCost":
         def coefs(phase, vocabulary):
             model = bundle.find("latency_s", phase)
             if model is None:
@@ -87,7 +100,7 @@ class InstanceCost:
             return None if model is None else CompiledPower.from_model(model, tp, sm_clock_mhz)
 
         return cls(coefs("prefill", PREFILL_TERMS), coefs("decode", DECODE_TERMS),
-                   power("prefill") or power("mixed"), power("decode"), gpus=gpus or tp)
+                   power("prefill") or power("mixed"), power("decode"), gpus=tp * pp * kvp, pp=pp, kvp=kvp)
 
     @property
     def has_power(self) -> bool:
@@ -95,11 +108,13 @@ class InstanceCost:
 
     def prefill_latency(self, c: float, cp: float, c2: float, p: float) -> float:
         q = self.pre
-        return q["k0"] + q["kc"] * c + q["kcp"] * cp + q["kc2"] * c2 + q["kp"] * p
+        attention = (q["kcp"] * cp + q["kp"] * p) / self.kvp
+        return (q["k0"] + q["kc"] * c + q["kc2"] * c2 + attention) / self.pp
 
     def decode_latency(self, b: int, k_sum: float) -> float:
         q = self.dec
-        return q["d0"] + q["db"] * b + q["dbk"] * k_sum + q["dk"] * (k_sum / b)
+        kv_reads = (q["dbk"] * k_sum + q["dk"] * (k_sum / b)) / self.kvp
+        return q["d0"] + q["db"] * b + kv_reads + (self.kvp_overhead_s if self.kvp > 1 else 0.0)
 
     def iteration_latency(self, c: float, cp: float, c2: float, p: float, b: int, k_sum: float) -> float:
         latency = 0.0
@@ -111,9 +126,9 @@ class InstanceCost:
 
     def largest_chunk(self, p: float, b: int, k_sum: float, slo_s: float, granularity: int = 32) -> int:
         """Mnemosyne adaptive chunk: the largest c (multiple of granularity) keeping the mixed iteration <= SLO."""
-        q = self.pre
-        rest = q["k0"] + q["kp"] * p + ((self.decode_latency(b, k_sum) - self.dec["d0"]) if b else 0.0) - slo_s
-        a, lin = q["kc2"], q["kc"] + q["kcp"] * p
+        q, pp, kvp = self.pre, self.pp, self.kvp
+        rest = (q["k0"] + q["kp"] * p / kvp) / pp + ((self.decode_latency(b, k_sum) - self.dec["d0"]) if b else 0.0) - slo_s
+        a, lin = q["kc2"] / pp, (q["kc"] + q["kcp"] * p / kvp) / pp
         if rest >= 0:
             return 0
         if a > 1e-18:

@@ -331,8 +331,14 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
     rec = Recorder(config.instances, config.bin_s, horizon * 1.5 + 60)
     instances: list[Instance] = []
     members: list[list[int]] = []
+    bundles = {}
     for p_index, pool in enumerate(config.pools):
-        cost = InstanceCost.from_bundle(bundle, pool.tp, pool.sm_clock_mhz)
+        pool_bundle = bundle
+        if pool.models:  # a pool of another GPU type brings its own models
+            from characterize.model_io import ModelBundle
+
+            pool_bundle = bundles.setdefault(pool.models, ModelBundle.load(pool.models))
+        cost = InstanceCost.from_bundle(pool_bundle, pool.tp, pool.sm_clock_mhz, pool.pp, pool.kvp)
         members.append([])
         for _ in range(pool.instances):
             members[-1].append(len(instances))

@@ -179,3 +179,29 @@ def test_carbon_series_weights_energy_by_time(tmp_path):
     grid.write_text("t_s,g_per_kwh\n0,100\n5,-1\n")
     with pytest.raises(InputError, match=r"grid.csv: row 2 \(line 3\): column g_per_kwh: negative"):
         load_cluster(toml)
+
+
+def test_spp_divides_prefill_and_kvp_flattens_decode_with_context():
+    base = InstanceCost.from_bundle(linear_bundle(), tp=1, sm_clock_mhz=None)
+    spp = InstanceCost.from_bundle(linear_bundle(), tp=1, sm_clock_mhz=None, pp=4)
+    kvp = InstanceCost.from_bundle(linear_bundle(), tp=1, sm_clock_mhz=None, kvp=8)
+    assert spp.gpus == 4 and kvp.gpus == 8
+    c, p = 8192, 1_000_000
+    assert spp.prefill_latency(c, c * p, c * c, p) == pytest.approx(base.prefill_latency(c, c * p, c * c, p) / 4)
+    growth = lambda cost: cost.decode_latency(1, 2_000_000) / cost.decode_latency(1, 100_000)
+    assert growth(kvp) < growth(base)
+    t = trace([0.0], [200_000], [50])
+    one = replay(t, linear_bundle(), one_pool(chunk_size=8192, max_batch_tokens=8192))
+    piped = replay(t, linear_bundle(), one_pool(chunk_size=8192, max_batch_tokens=8192, pp=4))
+    assert piped.requests.ttft_s[0] == pytest.approx(one.requests.ttft_s[0] / 4)
+    assert piped.summary["gpus"] == 4
+
+
+def test_pool_with_its_own_models(tmp_path):
+    slow = linear_bundle(k0=0.1).save(tmp_path / "slow.json")
+    toml = tmp_path / "c.toml"
+    toml.write_text("router = 'round_robin'\n[[pool]]\nname = 'fast'\ninstances = 1\nmax_input_tokens = 1000\n"
+                    "[[pool]]\nname = 'slow'\ninstances = 1\nmodels = 'slow.json'\n")
+    result = replay(trace([0.0, 0.0], [500, 5000], [2, 2]), linear_bundle(), load_cluster(toml))
+    assert result.requests["pool"].tolist() == ["fast", "slow"]
+    assert result.requests.ttft_s[1] > 0.1 > result.requests.ttft_s[0]
