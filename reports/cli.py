@@ -1,8 +1,59 @@
 """``wattlas report``: self-contained HTML reports."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 import click
 
 
 @click.group()
 def report() -> None:
     """Write self-contained HTML reports."""
+
+
+def _write(rep, output: Path) -> None:
+    rep.save(output)
+    label = " [contains SIMULATED figures]" if rep.simulated else ""
+    click.echo(f"wrote {output} ({rep.figures} figures){label}")
+
+
+@report.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def collection(directory: Path, output: Path) -> None:
+    """Telemetry collection: per-GPU energy and method, traces, phase energy."""
+    from .builders import add_collection
+    from .html import Report
+
+    rep = Report("wattlas collection report", subtitle=str(directory))
+    add_collection(rep, directory)
+    _write(rep, output)
+
+
+@report.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", "data_paths", multiple=True, type=click.Path(path_type=Path), help="Measurements for fit diagnostics.")
+@click.option("--tbt-slo", type=float, default=0.030, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def characterization(bundle: Path, data_paths, tbt_slo: float, output: Path) -> None:
+    """Model bundle: validation errors, coefficients, fit diagnostics, adaptive chunks."""
+    from .builders import add_characterization
+    from .html import Report
+
+    rep = Report("wattlas characterization report", subtitle=str(bundle))
+    add_characterization(rep, bundle, list(data_paths), tbt_slo)
+    _write(rep, output)
+
+
+@report.command("replay")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def replay_report(runs, output: Path) -> None:
+    """One or more replay output directories: summaries, power timelines and CDFs, latency CDFs."""
+    from .builders import add_replays
+    from .html import Report
+
+    rep = Report("wattlas replay report", subtitle=", ".join(map(str, runs)))
+    add_replays(rep, list(runs))
+    _write(rep, output)

@@ -37,3 +37,14 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not present: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory):
+    """The demo's output directory, produced once per test session."""
+    from toolkit.cli import cli
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = CliRunner().invoke(cli, ["demo", "-o", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, result.output

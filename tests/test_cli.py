@@ -36,13 +36,12 @@ def test_chunked_convert_equals_in_memory(run_cli, tmp_path):
         pq.read_table(b).select(["request_id", "arrival_s", "input_tokens"]))
 
 
-def test_demo_runs(run_cli, tmp_path):
-    result = run_cli("demo", "-o", tmp_path / "demo")
-    assert result.exit_code == 0, result.output
-    demo = tmp_path / "demo"
-    assert (demo / "trace_stats.json").exists()
-    assert (demo / "models_sim_llama3-8b.json").exists()
-    summary = json.loads((demo / "replay_synth_conv_1h" / "summary.json").read_text())
+def test_demo_runs_every_stage_and_labels_simulated(demo_output):
+    out, output = demo_output
+    assert (out / "trace_stats.json").exists()
+    assert (out / "models_sim_llama3-8b.json").exists()
+    summary = json.loads((out / "replay_synth_conv_1h" / "summary.json").read_text())
     assert summary["simulated_models"] is True and summary["synthetic_trace"] is True
     assert summary["finished"] == summary["requests"]
-    assert "[SIMULATED" in result.output
+    assert "[SIMULATED" in output
+    assert (out / "report.html").exists()

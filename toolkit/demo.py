@@ -45,7 +45,20 @@ def demo(output: Path) -> None:
     _collect_simulated(output / "collection")
     bundle = _profile_and_characterize(output)
     _replay_samples(output, bundle)
+    _write_report(output, bundle)
 
+
+def _write_report(out: Path, bundle: Path) -> None:
+    from reports.builders import add_characterization, add_collection, add_replays
+    from reports.html import Report
+
+    click.echo("writing the HTML report ...")
+    report = Report("wattlas demo report", subtitle="simulated device, simulated llama3-8b profile, synthetic sample traces")
+    add_collection(report, out / "collection")
+    add_characterization(report, bundle, [out / "profile_sim_llama3-8b.parquet"])
+    add_replays(report, [out / "replay_synth_conv_1h", out / "replay_synth_code_1h"])
+    path = report.save(out / "report.html")
+    click.echo(f"wrote {path} ({report.figures} figures, self-contained)")
 
 def _profile_and_characterize(out: Path) -> Path:
     from characterize.fitting import fit_bundle

@@ -1,0 +1,107 @@
+"""Seaborn figures of wattlas artifacts.  Pure functions: DataFrames in, matplotlib figures out."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _fig(width=9.0, height=3.6):
+    return plt.subplots(figsize=(width, height))
+
+
+def telemetry_traces(frame: pd.DataFrame):
+    """Power and SM clock of every GPU over time."""
+    data = frame[frame["status"].isna()].copy()
+    data["t_s"] = (data["t_mono_ns"] - data["t_mono_ns"].min()) / 1e9
+    data["power_w"] = data["power_instant_w"].where(data["power_instant_w"].notna(), data["power_avg_w"])
+    data["GPU"] = data["gpu_index"].astype(str)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.2), sharex=True)
+    sns.lineplot(data=data, x="t_s", y="power_w", hue="GPU", ax=axes[0], linewidth=1)
+    sns.lineplot(data=data, x="t_s", y="sm_clock_mhz", hue="GPU", ax=axes[1], linewidth=1, legend=False)
+    axes[0].set_ylabel("power (W)")
+    axes[1].set_ylabel("SM clock (MHz)")
+    axes[1].set_xlabel("time (s)")
+    return fig
+
+
+def phase_energy(windows: pd.DataFrame):
+    """Mean power per GPU of each phase (window name)."""
+    data = windows.groupby(["window", "gpu_index"], as_index=False).agg(energy_j=("energy_j", "sum"), seconds=("duration_s", "sum"))
+    data["mean_power_w"] = data["energy_j"] / data["seconds"]
+    data["GPU"] = data["gpu_index"].astype(str)
+    fig, ax = _fig(7, 3.2)
+    sns.barplot(data=data, x="window", y="mean_power_w", hue="GPU", ax=ax)
+    ax.set_ylabel("mean power (W)")
+    ax.set_xlabel("phase")
+    return fig
+
+
+def fit_diagnostics(frame: pd.DataFrame, predicted: np.ndarray, target: str):
+    """Predicted vs measured, per phase, log-log with the y = x line."""
+    data = frame.assign(predicted=predicted).dropna(subset=["predicted", target])
+    fig, ax = _fig(6.5, 5.0)
+    sns.scatterplot(data=data, x=target, y="predicted", hue="phase", s=14, alpha=0.6, ax=ax, linewidth=0)
+    lo, hi = data[[target, "predicted"]].min().min(), data[[target, "predicted"]].max().max()
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"measured {target}")
+    ax.set_ylabel(f"predicted {target}")
+    return fig
+
+
+def chunk_curve(table: pd.DataFrame):
+    """Adaptive chunk size against KV prefix."""
+    fig, ax = _fig(7, 3.4)
+    data = table[table["prefix_tokens"] > 0]
+    sns.lineplot(data=data, x="prefix_tokens", y="chunk_tokens", marker="o", ax=ax)
+    ax.set_xscale("log")
+    ax.set_xlabel("KV prefix (tokens)")
+    ax.set_ylabel("largest chunk within TBT SLO")
+    return fig
+
+
+def power_timelines(timelines: dict[str, pd.DataFrame]):
+    """Total cluster power over time, one line per run."""
+    fig, ax = _fig()
+    for label, timeline in timelines.items():
+        total = timeline.groupby("t_s", as_index=False)["power_w"].sum()
+        width = max(1, len(total) // 600)  # smooth to at most ~600 points for legibility
+        total["power_kw"] = total["power_w"].rolling(width, min_periods=1).mean() / 1000
+        ax.plot(total["t_s"], total["power_kw"], label=label, linewidth=1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("cluster power (kW)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def latency_cdfs(requests: dict[str, pd.DataFrame]):
+    """CDFs of TTFT and mean TBT per run."""
+    frames = [df.assign(run=label) for label, df in requests.items()]
+    data = pd.concat(frames, ignore_index=True)
+    data = data[~data["dropped"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    sns.ecdfplot(data=data, x="ttft_s", hue="run", ax=axes[0], log_scale=True)
+    sns.ecdfplot(data=data.dropna(subset=["tbt_mean_s"]), x="tbt_mean_s", hue="run", ax=axes[1], log_scale=True)
+    axes[0].set_xlabel("TTFT (s)")
+    axes[1].set_xlabel("mean TBT per request (s)")
+    return fig
+
+
+def power_cdf(timelines: dict[str, pd.DataFrame]):
+    """CDF of total cluster power per time bin (what a row's power budget sees)."""
+    frames = [t.groupby("t_s", as_index=False)["power_w"].sum().assign(run=label) for label, t in timelines.items()]
+    data = pd.concat(frames, ignore_index=True)
+    fig, ax = _fig(7, 3.4)
+    sns.ecdfplot(data=data, x="power_w", hue="run", ax=ax)
+    ax.set_xlabel("cluster power (W)")
+    return fig
