@@ -9,17 +9,32 @@ from pathlib import Path
 import click
 
 
-def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, out_dir: Path | None,
-               limit: int | None = None, show_progress: bool = False) -> dict:
-    """Load inputs, replay, write requests/timeline Parquet and summary JSON; returns the summary."""
+def _write_outputs(result, summary: dict, out_dir: Path, simulated: bool) -> None:
     import pyarrow as pa
 
-    from characterize.model_io import ModelBundle
-    from toolkit.parquet_io import artifact_metadata, atomic_write_table
+    from toolkit.parquet_io import atomic_write_table
     from toolkit.schemas import POWER_TIMELINE, REPLAY_REQUESTS
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"wattlas.simulated": str(simulated).lower()}
+    atomic_write_table(pa.Table.from_pandas(result.requests, schema=REPLAY_REQUESTS.arrow(metadata=meta), preserve_index=False),
+                       out_dir / "requests.parquet")
+    atomic_write_table(pa.Table.from_pandas(result.timeline, schema=POWER_TIMELINE.arrow(metadata=meta), preserve_index=False),
+                       out_dir / "power_timeline.parquet")
+    if result.events is not None and len(result.events):
+        result.events.to_csv(out_dir / "policy_events.csv", index=False)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, out_dir: Path | None,
+               limit: int | None = None, show_progress: bool = False, policy: str = "baseline",
+               rate_scale: float = 1.0) -> dict:
+    """Load inputs, replay, write requests/timeline Parquet and summary JSON; returns the summary."""
+    from characterize.model_io import ModelBundle
+    from toolkit.parquet_io import artifact_metadata
     from toolkit.traces.formats import read_trace
 
-    from .config import ClusterConfig, load_cluster
+    from .config import ClusterConfig, load_cluster, policy_configs
     from .engine import replay
 
     table = read_trace(trace_path)
@@ -27,8 +42,27 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     trace = table.to_pandas()
     if limit:
         trace = trace.iloc[:limit]
+    if rate_scale != 1.0:  # compress time: the same requests at rate_scale times the rate
+        trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
     bundle = ModelBundle.load(models_path)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    controller = None
+    if policy == "dynamollm":
+        from .policies.dynamollm import plan
+
+        try:
+            dyn_plan = plan(trace, bundle, config, policy_configs(config)[0])
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        config, controller = dyn_plan.config, dyn_plan.controller()
+    elif policy == "polca":
+        from .policies.polca import PolcaConfig, PolcaController, server_peak_w  # noqa: F401
+
+        polca = policy_configs(config)[1]
+        if polca is None:
+            raise click.ClickException("--policy polca needs a [polca] table with budget_w in the cluster TOML "
+                                       "(or use `wattlas replay polca-search`)")
+        controller = PolcaController(polca)
     priority = trace["priority"].to_numpy(dtype=object) if "priority" in trace else None
     bar = None
     if show_progress:
@@ -43,7 +77,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
                 bar.update(step)
                 last[0] += step
     try:
-        result = replay(trace, bundle, config, priority=priority, progress=progress if bar else None)
+        result = replay(trace, bundle, config, priority=priority, progress=progress if bar else None, controller=controller)
     except KeyError as exc:
         raise click.ClickException(f"{models_path}: {exc.args[0]}") from None
     finally:
@@ -51,15 +85,28 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
             bar.close()
     summary = dict(result.summary)
     summary.update({"trace": str(trace_path), "models": str(models_path), "cluster": str(cluster_path) if cluster_path else "default",
-                    "simulated_models": bundle.simulated, "synthetic_trace": trace_meta.get("wattlas.synthetic") == "true"})
+                    "simulated_models": bundle.simulated, "synthetic_trace": trace_meta.get("wattlas.synthetic") == "true",
+                    "policy_name": policy, "rate_scale": rate_scale})
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"wattlas.simulated": str(bundle.simulated).lower()}
-        atomic_write_table(pa.Table.from_pandas(result.requests, schema=REPLAY_REQUESTS.arrow(metadata=meta), preserve_index=False),
-                           out_dir / "requests.parquet")
-        atomic_write_table(pa.Table.from_pandas(result.timeline, schema=POWER_TIMELINE.arrow(metadata=meta), preserve_index=False),
-                           out_dir / "power_timeline.parquet")
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _write_outputs(result, summary, out_dir, bundle.simulated)
+    if policy == "dynamollm":  # the static deployment with the same GPUs, for the savings
+        from .policies.dynamollm import baseline_for
+
+        base = replay(trace, bundle, baseline_for(dyn_plan, bundle), priority=priority)
+        base_summary = {**base.summary, **{k: summary[k] for k in ("trace", "models", "simulated_models", "synthetic_trace", "rate_scale")},
+                        "policy_name": "baseline (static, same GPUs)"}
+        if out_dir is not None:
+            _write_outputs(base, base_summary, out_dir.parent / f"{out_dir.name}_baseline", bundle.simulated)
+        summary["baseline"] = {k: base_summary.get(k) for k in ("energy_kwh", "carbon_kg", "cost_usd", "slo_attainment",
+                                                                 "ttft_p99_s", "tbt_p99_s", "gpus")}
+        if summary.get("energy_kwh") and base_summary.get("energy_kwh"):
+            summary["savings_vs_baseline"] = {
+                "energy_pct": 100 * (1 - summary["energy_kwh"] / base_summary["energy_kwh"]),
+                "carbon_pct": 100 * (1 - summary["carbon_kg"] / base_summary["carbon_kg"]),
+                "cost_pct": 100 * (1 - summary["cost_usd"] / base_summary["cost_usd"]),
+            }
+        if out_dir is not None:
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -76,7 +123,26 @@ def format_summary(s: dict) -> str:
         f"p99 {s['tbt_p99_s'] * 1000:.1f} ms; E2E p50 {s['e2e_p50_s']:.2f} s; SLO attainment {s['slo_attainment'] * 100:.1f} %",
         f"  {energy}; {s['gpu_hours']:.2f} GPU-h, ${s['cost_usd']:.2f}",
         f"  replayed in {s['replay_wall_s']:.2f} s",
-    ])
+    ] + _policy_lines(s))
+
+
+def _policy_lines(s: dict) -> list[str]:
+    lines = []
+    policy = s.get("policy") or {}
+    if policy.get("name") == "dynamollm":
+        for c in policy["classes"]:
+            lines.append(f"  class {c['class']:<12} TP{c['tp']} x{c['instances']} (mean active {c['mean_active']:.1f}), clocks {c['clocks_used']}")
+        lines.append(f"  reconfigurations {policy['reconfigurations']} (clock changes {policy['clock_changes']}, scale-outs {policy['scale_outs']})")
+    if policy.get("name") == "polca":
+        lines.append(f"  POLCA: budget {policy['budget_w']:.0f} W, peak row power {policy['peak_row_power_w']:.0f} W, "
+                     f"{policy['capping_events']} capping events, low capped {policy['capped_low_s']:.0f} s, "
+                     f"all capped {policy['capped_all_s']:.0f} s, over budget {policy['over_budget_s']:.0f} s")
+    if "savings_vs_baseline" in s:
+        b, sv = s["baseline"], s["savings_vs_baseline"]
+        lines.append(f"  vs static baseline ({b['gpus']} GPUs, max clock): energy {sv['energy_pct']:+.1f} % saved "
+                     f"({b['energy_kwh']:.3f} kWh), carbon {sv['carbon_pct']:+.1f} %, cost {sv['cost_pct']:+.1f} %, "
+                     f"baseline SLO attainment {b['slo_attainment'] * 100:.1f} %")
+    return lines
 
 
 @click.group()
@@ -90,10 +156,15 @@ def replay() -> None:
 @click.option("--cluster", "cluster_path", type=click.Path(path_type=Path), default=None, help="Cluster TOML.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--limit", type=int, default=None, help="Only the first N requests.")
+@click.option("--policy", type=click.Choice(["baseline", "dynamollm", "polca"]), default="baseline", show_default=True)
+@click.option("--rate-scale", type=float, default=1.0, show_default=True, help="Replay the trace at this many times its rate.")
 @click.option("--json", "as_json", is_flag=True)
-def run_command(trace_path, models_path, cluster_path, out_dir, limit, as_json) -> None:
-    """Replay a trace; writes requests.parquet, power_timeline.parquet and summary.json under --out."""
-    summary = run_replay(trace_path, models_path, cluster_path, out_dir, limit, show_progress=not as_json and sys.stderr.isatty())
+def run_command(trace_path, models_path, cluster_path, out_dir, limit, policy, rate_scale, as_json) -> None:
+    """Replay a trace; writes requests.parquet, power_timeline.parquet and summary.json under --out.
+
+    dynamollm also replays the static baseline with the same GPUs (OUT_baseline/) and reports savings."""
+    summary = run_replay(trace_path, models_path, cluster_path, out_dir, limit, show_progress=not as_json and sys.stderr.isatty(),
+                         policy=policy, rate_scale=rate_scale)
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
 
 
@@ -118,3 +189,40 @@ def sweep_command(trace_path, models_path, cluster_path, vary, scheduler, worker
     columns = [c for c in table.columns if c in {k.split("=")[0] for k in vary}] + [
         "finished", "dropped", "ttft_p99_s", "tbt_p99_s", "slo_attainment", "energy_kwh", "cost_usd"]
     click.echo(table[columns].to_string(index=False))
+
+
+@replay.command("polca-search")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path), required=True)
+@click.option("--models", "models_path", type=click.Path(path_type=Path), required=True)
+@click.option("--cluster", "cluster_path", type=click.Path(path_type=Path), default=None,
+              help="Row servers as pools with priority = 'high' / 'low'; [polca] thresholds and budget_w.")
+@click.option("--max-extra", type=int, default=4, show_default=True, help="Most servers to try adding.")
+@click.option("--bound-high", type=float, default=0.05, show_default=True, help="Allowed p99 E2E increase, high priority.")
+@click.option("--bound-low", type=float, default=0.50, show_default=True, help="Allowed p99 E2E increase, low priority.")
+@click.option("--max-over-budget", type=float, default=0.005, show_default=True,
+              help="Largest share of 1-s intervals allowed over the budget (capping only trims dynamic power).")
+@click.option("--rate-scale", type=float, default=1.0, show_default=True, help="Load of the original row, x the trace's rate.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV, one row per servers-added.")
+def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, bound_low, max_over_budget, rate_scale, output) -> None:
+    """POLCA: the most servers a row's power budget can take with capping, within latency bounds."""
+    from characterize.model_io import ModelBundle
+    from toolkit.traces.formats import read_trace
+
+    from .config import ClusterConfig, load_cluster, policy_configs
+    from .policies.polca import oversubscription_search
+
+    trace = read_trace(trace_path).to_pandas()
+    trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
+    bundle = ModelBundle.load(models_path)
+    config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    result = oversubscription_search(trace, bundle, config, policy_configs(config)[1], max_extra, bound_high, bound_low,
+                                     max_over_budget_fraction=max_over_budget)
+    table = result["table"]
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output, index=False)
+    label = " [SIMULATED models]" if bundle.simulated else ""
+    click.echo(f"POLCA{label}: row of {result['servers']} servers, budget {result['budget_w']:.0f} W; "
+               f"largest addition within bounds: {result['best_servers_added']} servers "
+               f"(+{100 * result['best_servers_added'] / result['servers']:.0f} %)")
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

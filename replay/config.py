@@ -26,6 +26,19 @@ ttft_slo_s = 2.0
 tbt_slo_s = 0.05
 max_input_tokens = 1e12          # requests are routed to the first pool that accepts them
 max_output_tokens = 1e12
+priority = "high"                # only requests of this priority (POLCA pools); omit: any
+
+[dynamollm]                      # --policy dynamollm (replay/policies/dynamollm.py)
+input_bins = [1024, 4096]
+output_bins = [128, 512]
+period_s = 300
+utilization_target = 0.7
+
+[polca]                          # --policy polca (replay/policies/polca.py)
+budget_w = 3000                  # row power budget; omit: the servers' full-load power
+t1 = 0.85
+t2 = 0.95
+uncap = 0.80
 ```
 """
 
@@ -60,6 +73,7 @@ class PoolConfig:
     tbt_slo_s: float = 0.05
     max_input_tokens: float = 1e12
     max_output_tokens: float = 1e12
+    priority: str | None = None
 
     def check(self, where: str, source) -> None:
         problems = [
@@ -89,6 +103,8 @@ class ClusterConfig:
     carbon_g_per_kwh: float = 400.0
     carbon_csv: str | None = None
     pue: float = 1.2
+    dynamollm: dict = field(default_factory=dict)  # DynamoConfig fields ([dynamollm] table)
+    polca: dict = field(default_factory=dict)  # PolcaConfig fields ([polca] table)
 
     @property
     def instances(self) -> int:
@@ -117,7 +133,25 @@ def cluster_from_dict(data: dict, source: str | Path | None = None) -> ClusterCo
         raise InputError(source, "router must be 'power_of_two', 'least_loaded' or 'round_robin'")
     if config.bin_s <= 0:
         raise InputError(source, "bin_s must be > 0")
+    from .policies.dynamollm import DynamoConfig
+    from .policies.polca import PolcaConfig
+
+    _build(DynamoConfig, config.dynamollm, "dynamollm", source)
+    _build(PolcaConfig, {"budget_w": 1.0, **config.polca}, "polca", source)
     return config
+
+
+def policy_configs(config: ClusterConfig):
+    """(DynamoConfig, PolcaConfig or None) from the cluster's [dynamollm] and [polca] tables."""
+    from .policies.dynamollm import DynamoConfig
+    from .policies.polca import PolcaConfig
+
+    dyn = dict(config.dynamollm)
+    for key in ("input_bins", "output_bins", "tps", "clocks"):
+        if key in dyn and dyn[key] is not None:
+            dyn[key] = tuple(dyn[key])
+    polca = PolcaConfig(**config.polca) if "budget_w" in config.polca else None
+    return DynamoConfig(**dyn), polca
 
 
 def load_carbon_series(path: str | Path) -> tuple:

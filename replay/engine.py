@@ -141,6 +141,7 @@ class Instance:
         self.iterations = 0
         self.idle_power = cost.idle_power()
         self.fast_forward = True  # False: one decode iteration at a time (the reference run)
+        self.power_now = self.idle_power  # power of the iteration in flight, idle power when idle
 
     @property
     def running(self) -> int:
@@ -170,6 +171,7 @@ class Instance:
             self.prefilling.append([r, 0])
 
     def _spend(self, duration: float, power: float | None) -> None:
+        self.power_now = power
         self.busy_s += duration
         if power is not None:
             self.busy_energy += power * duration
@@ -286,12 +288,22 @@ class Instance:
             if self.heap:
                 self._decode_stretch(until)
                 continue
+            self.power_now = self.idle_power
             if math.isfinite(until):
                 if self.idle_power is not None:
                     self.idle_energy += self.idle_power * (until - self.t)
                     self.rec.add_energy(self.index, self.t, until, self.idle_power)
                 self.t = until
             return
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.prefilling or self.heap)
+
+    def set_cost(self, cost: InstanceCost) -> None:
+        """New clock or power cap from now on (call after advancing to now)."""
+        self.cost = cost
+        self.idle_power = cost.idle_power()
 
     def idle_until(self, t_end: float) -> None:
         if t_end > self.t and self.idle_power is not None:
@@ -305,24 +317,75 @@ class ReplayResult:
     requests: pd.DataFrame
     timeline: pd.DataFrame
     summary: dict
+    events: pd.DataFrame | None = None
 
 
-def _route_pools(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+class ClusterState:
+    """What a policy controller sees and may change while a replay runs."""
+
+    def __init__(self, instances: list[Instance], members: list[list[int]], config: ClusterConfig, bundles: dict,
+                 recorder: Recorder) -> None:
+        self.instances = instances
+        self.recorder = recorder
+        self.members = members
+        self.config = config
+        self.active = [len(m) for m in members]  # routing goes to the first `active` members of each pool
+        self._bundles = bundles
+        self._costs: dict = {}
+        self.events: list[dict] = []
+
+    def row_power(self, t: float, window_s: float) -> float:
+        """Mean row power over the whole timeline bins in [t - window_s, t), as a power meter
+        averaging over its interval would read it (instances must be advanced to ``t``)."""
+        rec = self.recorder
+        last = int(t // rec.bin_s)
+        first = max(0, last - max(1, int(round(window_s / rec.bin_s))))
+        if last <= first:
+            return float(sum(inst.power_now or 0.0 for inst in self.instances))
+        return float(rec.bins[:, first:last].sum() / ((last - first) * rec.bin_s))
+
+    def cost_at(self, pool_index: int, sm_clock_mhz: float | None) -> InstanceCost:
+        key = (pool_index, sm_clock_mhz)
+        if key not in self._costs:
+            pool = self.config.pools[pool_index]
+            bundle = self._bundles.get(pool.models) or next(iter(self._bundles.values()))
+            self._costs[key] = InstanceCost.from_bundle(bundle, pool.tp, sm_clock_mhz, pool.pp, pool.kvp)
+        return self._costs[key]
+
+    def set_clock(self, t: float, instance: int, sm_clock_mhz: float | None, reason: str = "") -> None:
+        inst = self.instances[instance]
+        inst.set_cost(self.cost_at(inst.pool_index, sm_clock_mhz))
+        inst.clock = sm_clock_mhz
+        self.events.append({"t_s": t, "instance": instance, "pool": inst.pool.name, "sm_clock_mhz": sm_clock_mhz, "reason": reason})
+
+    def set_active(self, t: float, pool_index: int, n: int, reason: str = "") -> None:
+        n = max(1, min(n, len(self.members[pool_index])))
+        if n != self.active[pool_index]:
+            self.events.append({"t_s": t, "pool": self.config.pools[pool_index].name, "active": n, "reason": reason})
+        self.active[pool_index] = n
+
+
+def _route_pools(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray, priority=None) -> np.ndarray:
     pool = np.full(len(inputs), len(config.pools) - 1, dtype=np.int64)
     assigned = np.zeros(len(inputs), dtype=bool)
+    prio = np.asarray(priority, dtype=object) if priority is not None else None
     for i, p in enumerate(config.pools):
         fits = ~assigned & (inputs <= p.max_input_tokens) & (outputs <= p.max_output_tokens)
+        if p.priority is not None and prio is not None:
+            fits &= prio == p.priority
         pool[fits] = i
         assigned |= fits
     return pool
 
 
 def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndarray | None = None,
-           progress=None, fast_forward: bool = True) -> ReplayResult:
+           progress=None, fast_forward: bool = True, controller=None) -> ReplayResult:
     """Replay ``trace`` (arrival_s, input_tokens, output_tokens) through ``config``.
 
     ``fast_forward=False`` steps decode iterations one at a time: the plain reference run the
-    closed-form stretches are checked against.
+    closed-form stretches are checked against.  A ``controller`` (a policy: DynamoLLM, POLCA)
+    is called at the times it asks for, with every instance advanced to that time, and may change
+    clocks and the number of active instances per pool through :class:`ClusterState`.
     """
     started = time.perf_counter()
     arrival = trace["arrival_s"].to_numpy(dtype=np.float64)
@@ -338,20 +401,32 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
             from characterize.model_io import ModelBundle
 
             pool_bundle = bundles.setdefault(pool.models, ModelBundle.load(pool.models))
+        bundles.setdefault(None, bundle)
         cost = InstanceCost.from_bundle(pool_bundle, pool.tp, pool.sm_clock_mhz, pool.pp, pool.kvp)
         members.append([])
         for _ in range(pool.instances):
             members[-1].append(len(instances))
             instances.append(Instance(len(instances), p_index, pool, cost, req, rec))
             instances[-1].fast_forward = fast_forward
-    req.pool[:] = _route_pools(config, req.input, req.output)
+            instances[-1].clock = pool.sm_clock_mhz
+    req.pool[:] = _route_pools(config, req.input, req.output, priority)
+    state = ClusterState(instances, members, config, bundles, rec)
     round_robin = [0] * len(config.pools)
     router = config.router
     rng = np.random.default_rng(config.seed)
     step = max(1, len(arrival) // 100)
+
+    def control_until(t: float) -> None:
+        while controller is not None and controller.next_time() <= t:
+            tc = controller.next_time()
+            for inst in instances:
+                inst.advance(tc)
+            controller.act(tc, state)
+
     for r in range(len(arrival)):
         t = arrival[r]
-        group = members[req.pool[r]]
+        control_until(t)
+        group = members[req.pool[r]][: state.active[req.pool[r]]]
         if router == "least_loaded" or (router == "power_of_two" and len(group) <= 2):
             for i in group:
                 instances[i].advance(t)
@@ -372,6 +447,8 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
         req.instance[r] = target
         if progress is not None and r % step == 0:
             progress(r / max(1, len(arrival)))
+    while controller is not None and any(inst.busy for inst in instances) and math.isfinite(controller.next_time()):
+        control_until(controller.next_time())
     for inst in instances:
         inst.advance(math.inf)
     t_end = max([horizon] + [inst.t for inst in instances])
@@ -379,7 +456,11 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
         inst.idle_until(t_end)
     if progress is not None:
         progress(1.0)
-    return _result(trace, req, rec, instances, config, priority, t_end, time.perf_counter() - started)
+    result = _result(trace, req, rec, instances, config, priority, t_end, time.perf_counter() - started)
+    result.events = pd.DataFrame(state.events)
+    if controller is not None:
+        result.summary["policy"] = controller.describe()
+    return result
 
 
 def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfig, priority, t_end, wall_s) -> ReplayResult:
@@ -432,6 +513,7 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
     else:
         carbon_kg = it_kwh * config.pue * config.carbon_g_per_kwh / 1000.0
     gpu_hours = sum(i.cost.gpus for i in instances) * t_end / 3600.0
+    row_power = bins.sum(axis=0) / config.bin_s
     summary = {
         "requests": int(len(req.arrival)),
         "finished": int(done.sum()),
@@ -453,6 +535,8 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
         "cost_usd": gpu_hours * config.gpu_hour_usd,
         "energy_per_output_token_j": (busy + idle) / max(1, int(req.output[done].sum())) if has_power else None,
         "replay_wall_s": wall_s,
+        "peak_row_power_w": float(row_power.max()) if has_power and row_power.size else None,
+        "peak_instance_power_w": max(i.cost.iteration_power(1e6, 0) or 0.0 for i in instances) if has_power else None,
     }
     if has_power:
         summary["conservation"] = {

@@ -105,3 +105,18 @@ def power_cdf(timelines: dict[str, pd.DataFrame]):
     sns.ecdfplot(data=data, x="power_w", hue="run", ax=ax)
     ax.set_xlabel("cluster power (W)")
     return fig
+
+
+def polca_impact(table: pd.DataFrame):
+    """p99 latency impact per priority and time under caps, against servers added."""
+    impact = table.melt(id_vars="servers_added", value_vars=[c for c in table.columns if c.startswith("p99_impact_")],
+                        var_name="priority", value_name="impact")
+    impact["priority"] = impact["priority"].str.replace("p99_impact_", "")
+    impact["impact_pct"] = impact["impact"] * 100
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    sns.lineplot(data=impact, x="servers_added", y="impact_pct", hue="priority", marker="o", ax=axes[0])
+    axes[0].set_ylabel("p99 E2E impact (%)")
+    caps = table.melt(id_vars="servers_added", value_vars=["capped_low_s", "capped_all_s"], var_name="cap", value_name="seconds")
+    sns.barplot(data=caps, x="servers_added", y="seconds", hue="cap", ax=axes[1])
+    axes[1].set_ylabel("time capped (s)")
+    return fig

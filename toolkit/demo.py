@@ -49,7 +49,7 @@ def demo(output: Path) -> None:
 
 
 def _write_report(out: Path, bundle: Path) -> None:
-    from reports.builders import add_characterization, add_collection, add_replays
+    from reports.builders import add_characterization, add_collection, add_polca, add_replays
     from reports.html import Report
 
     click.echo("writing the HTML report ...")
@@ -57,6 +57,9 @@ def _write_report(out: Path, bundle: Path) -> None:
     add_collection(report, out / "collection")
     add_characterization(report, bundle, [out / "profile_sim_llama3-8b.parquet"])
     add_replays(report, [out / "replay_synth_conv_1h", out / "replay_synth_code_1h"])
+    add_replays(report, [out / "dynamollm_conv_x8_baseline", out / "dynamollm_conv_x8"],
+                heading="DynamoLLM vs static baseline (synth_conv_1h at 8x rate, same GPUs)")
+    add_polca(report, out / "polca_search.csv")
     path = report.save(out / "report.html")
     click.echo(f"wrote {path} ({report.figures} figures, self-contained)")
 
@@ -88,6 +91,28 @@ def _replay_samples(out: Path, bundle: Path) -> None:
         click.echo(f"replaying {name} on 2 x llama3-8b TP1 (baseline) ...")
         summary = run_replay(_sample_trace(name, out), bundle, None, out / f"replay_{name}")
         click.echo(format_summary(summary))
+    click.echo("DynamoLLM on synth_conv_1h at 8x its rate (per-class pools, clocks and instance counts every 300 s) ...")
+    summary = run_replay(_sample_trace("synth_conv_1h", out), bundle, None, out / "dynamollm_conv_x8", policy="dynamollm",
+                         rate_scale=8.0)
+    click.echo(format_summary(summary))
+    _polca(out, bundle)
+
+
+def _polca(out: Path, bundle: Path) -> None:
+    from characterize.model_io import ModelBundle
+    from replay.config import ClusterConfig, PoolConfig
+    from replay.policies.polca import PolcaConfig, oversubscription_search
+    from toolkit.traces.formats import read_trace
+
+    click.echo("POLCA on synth_conv_1h at 4x: a 4-server row (2 high-, 2 low-priority), 1800 W budget, adding up to 4 servers ...")
+    trace = read_trace(_sample_trace("synth_conv_1h", out)).to_pandas()
+    trace = trace.assign(arrival_s=trace["arrival_s"] / 4.0)
+    row = ClusterConfig(pools=[PoolConfig(name="high", priority="high", instances=2),
+                               PoolConfig(name="low", priority="low", instances=2)])
+    result = oversubscription_search(trace, ModelBundle.load(bundle), row, PolcaConfig(budget_w=1800.0), max_extra=4)
+    result["table"].to_csv(out / "polca_search.csv", index=False)
+    click.echo(f"  [SIMULATED] largest addition within bounds (p99 E2E +5 % high, +50 % low): "
+               f"{result['best_servers_added']} of 4 servers")
 
 def _collect_simulated(out: Path) -> None:
     """Sample the simulated device through prefill, decode and idle phases (about 4 s)."""

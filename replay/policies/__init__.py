@@ -1,0 +1,1 @@
+"""Cluster policies that act during a replay: DynamoLLM (energy) and POLCA (power capping)."""

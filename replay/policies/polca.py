@@ -1,0 +1,161 @@
+"""POLCA: power oversubscription of a row with priority-aware frequency capping.
+
+A row is provisioned for ``budget_w``.  Every ``control_s`` the controller reads row power
+averaged over the last interval (as a PDU meter would); above ``t1 * budget`` it caps the SM clock of the
+instances serving low-priority pools, above ``t2 * budget`` it caps every instance (high
+priority less deeply); it lifts the caps only once power falls below ``uncap * budget``
+(hysteresis, so capping does not flap).  ``oversubscription_search`` adds servers to the row
+(with proportionally more load) and finds the largest addition whose latency impact, against the
+same cluster without power limits, stays within bounds per priority.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from ..config import ClusterConfig
+
+
+@dataclass
+class PolcaConfig:
+    budget_w: float
+    t1: float = 0.85
+    t2: float = 0.95
+    uncap: float = 0.80
+    low_cap_mhz: float = 1110.0
+    high_cap_mhz: float = 1410.0
+    control_s: float = 1.0
+
+
+@dataclass
+class PolcaController:
+    config: PolcaConfig
+    level: int = 0
+    t_next: float = 0.0
+    episodes: list[dict] = field(default_factory=list)
+    _open: dict | None = None
+    peak_row_w: float = 0.0
+    over_budget_s: float = 0.0
+
+    def next_time(self) -> float:
+        return self.t_next
+
+    def act(self, t: float, state) -> None:
+        cfg = self.config
+        power = state.row_power(t, cfg.control_s)
+        self.peak_row_w = max(self.peak_row_w, power)
+        if power > cfg.budget_w:
+            self.over_budget_s += cfg.control_s
+        if power > cfg.t2 * cfg.budget_w:
+            level = 2
+        elif power > cfg.t1 * cfg.budget_w:
+            level = max(self.level, 1)
+        elif power < cfg.uncap * cfg.budget_w:
+            level = 0
+        else:
+            level = self.level  # between uncap and t1: hold (hysteresis)
+        if level != self.level:
+            self._apply(t, state, level)
+        self.t_next = t + cfg.control_s
+
+    def _apply(self, t: float, state, level: int) -> None:
+        cfg = self.config
+        for inst in state.instances:
+            low = inst.pool.priority == "low"
+            if level == 0:
+                clock = inst.pool.sm_clock_mhz
+            elif level == 1:
+                clock = cfg.low_cap_mhz if low else inst.pool.sm_clock_mhz
+            else:
+                clock = cfg.low_cap_mhz if low else cfg.high_cap_mhz
+            if clock != getattr(inst, "clock", None):
+                state.set_clock(t, inst.index, clock, f"polca level {level}")
+        if self._open is not None:
+            self._open["end_s"] = t
+            self.episodes.append(self._open)
+            self._open = None
+        if level > 0:
+            self._open = {"level": level, "start_s": t, "end_s": None}
+        self.level = level
+
+    def describe(self) -> dict:
+        episodes = self.episodes + ([self._open] if self._open else [])
+        durations = {1: 0.0, 2: 0.0}
+        for e in episodes:
+            end = e["end_s"] if e["end_s"] is not None else self.t_next
+            durations[e["level"]] += end - e["start_s"]
+        return {"name": "polca", **asdict(self.config), "capping_events": len(episodes),
+                "capped_low_s": durations[1] + durations[2], "capped_all_s": durations[2],
+                "peak_row_power_w": self.peak_row_w, "over_budget_s": self.over_budget_s}
+
+
+def server_peak_w(state_or_costs) -> float:
+    """Instance power at full load (the provisioning figure)."""
+    return max(inst.cost.iteration_power(1e6, 0) or 0.0 for inst in state_or_costs)
+
+
+def latency_by_priority(requests: pd.DataFrame) -> pd.DataFrame:
+    done = requests[~requests["dropped"]]
+    return done.groupby(done["priority"].fillna("none")).agg(
+        ttft_p50_s=("ttft_s", "median"), ttft_p99_s=("ttft_s", lambda x: x.quantile(0.99)),
+        e2e_p50_s=("e2e_s", "median"), e2e_p99_s=("e2e_s", lambda x: x.quantile(0.99)))
+
+
+def scaled_cluster(config: ClusterConfig, extra: int) -> ClusterConfig:
+    """The row with ``extra`` more servers, spread over pools in proportion to their size."""
+    total = config.instances
+    pools = []
+    added = 0
+    for i, pool in enumerate(config.pools):
+        share = round(extra * pool.instances / total) if i < len(config.pools) - 1 else extra - added
+        added += share
+        pools.append(replace(pool, instances=pool.instances + share))
+    return replace(config, pools=pools)
+
+
+def oversubscription_search(trace: pd.DataFrame, bundle, config: ClusterConfig, polca: PolcaConfig | None,
+                            max_extra: int, bound_high: float = 0.05, bound_low: float = 0.50, runner=None,
+                            max_over_budget_fraction: float = 0.005) -> dict:
+    """Largest number of added servers whose p99 E2E impact stays within the bounds per priority.
+
+    The row budget is what the original servers draw at full load; each added server brings
+    load in proportion (arrivals compressed in time).  Impact compares the capped replay with
+    the same servers and load without a power limit.  Capping lowers dynamic power only, so a
+    point is also rejected when row power stays over budget for more than
+    ``max_over_budget_fraction`` of the time (1-s meter intervals).
+    """
+    from ..engine import ClusterState, replay  # noqa: F401
+
+    runner = runner or replay
+    base_n = config.instances
+    priority = trace["priority"].to_numpy(dtype=object) if "priority" in trace else None
+    probe = runner(trace.iloc[:1], bundle, config, priority=None if priority is None else priority[:1])
+    peak = probe.summary["peak_instance_power_w"]
+    budget = polca.budget_w if polca else base_n * peak
+    polca = polca or PolcaConfig(budget_w=budget)
+    rows, best = [], 0
+    for extra in range(0, max_extra + 1):
+        cluster = scaled_cluster(config, extra)
+        scaled = trace.assign(arrival_s=trace["arrival_s"] * base_n / (base_n + extra))
+        free = runner(scaled, bundle, cluster, priority=priority)
+        capped = runner(scaled, bundle, cluster, priority=priority, controller=PolcaController(replace(polca)))
+        a, b = latency_by_priority(free.requests), latency_by_priority(capped.requests)
+        impact = (b["e2e_p99_s"] / a["e2e_p99_s"] - 1.0).to_dict()
+        p50_impact = (b["e2e_p50_s"] / a["e2e_p50_s"] - 1.0).to_dict()
+        policy = capped.summary["policy"]
+        over_fraction = policy["over_budget_s"] / max(capped.summary["duration_s"], 1e-9)
+        ok = (impact.get("high", 0.0) <= bound_high and impact.get("low", 0.0) <= bound_low
+              and over_fraction <= max_over_budget_fraction)
+        rows.append({"servers_added": extra, "servers": base_n + extra, "budget_w": budget,
+                     "peak_row_power_uncapped_w": free.summary["peak_row_power_w"],
+                     "peak_row_power_capped_w": policy["peak_row_power_w"], "over_budget_s": policy["over_budget_s"],
+                     "capping_events": policy["capping_events"], "capped_low_s": policy["capped_low_s"],
+                     "capped_all_s": policy["capped_all_s"],
+                     **{f"p99_impact_{k}": v for k, v in impact.items()}, **{f"p50_impact_{k}": v for k, v in p50_impact.items()},
+                     "energy_kwh": capped.summary["energy_kwh"], "within_bounds": ok})
+        if ok:
+            best = extra
+    return {"budget_w": budget, "servers": base_n, "best_servers_added": best, "table": pd.DataFrame(rows)}

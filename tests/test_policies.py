@@ -1,0 +1,91 @@
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from characterize.fitting import fit_bundle
+from characterize.importers import from_profile
+from collectors.sim_profile import simulate_profile
+from replay.config import ClusterConfig, PoolConfig
+from replay.engine import replay
+from replay.policies.dynamollm import DynamoConfig, baseline_for, classify, plan
+from replay.policies.polca import PolcaConfig, PolcaController, oversubscription_search
+
+
+@pytest.fixture(scope="module")
+def sim_bundle():
+    warnings.simplefilter("ignore")
+    return fit_bundle(from_profile(simulate_profile("llama3-8b", "quick")), {"simulated": True}, tree_estimators=10)
+
+
+def load(n, rate, seed=0, high_fraction=0.5):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"request_id": np.arange(n), "arrival_s": np.cumsum(rng.exponential(1 / rate, n)),
+                         "input_tokens": rng.integers(100, 3000, n), "output_tokens": rng.integers(10, 400, n),
+                         "priority": np.where(rng.random(n) < high_fraction, "high", "low")})
+
+
+class FakeState:
+    def __init__(self, powers):
+        self.powers = list(powers)
+        self.instances = []
+        self.calls = []
+
+    def row_power(self, t, window):
+        return self.powers.pop(0)
+
+
+def test_polca_thresholds_and_hysteresis():
+    controller = PolcaController(PolcaConfig(budget_w=1000, t1=0.8, t2=0.9, uncap=0.7))
+    levels = []
+    state = FakeState([500, 850, 780, 950, 850, 720, 650, 500])
+    for t in range(8):
+        controller.act(float(t), state)
+        levels.append(controller.level)
+    # 850 > t1: cap low; 780 holds (above uncap); 950 > t2: cap all; 850/720 hold; 650 < uncap: lift
+    assert levels == [0, 1, 1, 2, 2, 2, 0, 0]
+    summary = controller.describe()
+    assert summary["capping_events"] == 2 and summary["capped_all_s"] == pytest.approx(3.0)
+
+
+def test_polca_caps_low_priority_first_and_keeps_high_priority_latency(sim_bundle):
+    trace = load(3000, rate=25)
+    config = ClusterConfig(pools=[PoolConfig(name="high", priority="high", instances=2),
+                                  PoolConfig(name="low", priority="low", instances=2)])
+    result = oversubscription_search(trace, sim_bundle, config, PolcaConfig(budget_w=1500, t1=0.8, t2=0.97, uncap=0.75),
+                                     max_extra=2, bound_high=0.05, bound_low=1.0, max_over_budget_fraction=1.0)
+    table = result["table"]
+    stressed = table.iloc[-1]
+    assert stressed["capping_events"] > 0 and stressed["capped_low_s"] > stressed["capped_all_s"]
+    assert stressed["p99_impact_low"] > stressed["p99_impact_high"]
+    assert table.iloc[0]["capping_events"] <= stressed["capping_events"]
+
+
+def test_dynamollm_classes_and_lower_energy_within_slo(sim_bundle):
+    cfg = DynamoConfig(period_s=120)
+    codes = classify(np.array([10, 2000, 9000]), np.array([10, 300, 900]), cfg)
+    assert codes.tolist() == [0, 4, 8]
+    trace = load(4000, rate=12)
+    dyn_plan = plan(trace, sim_bundle, ClusterConfig(), cfg)
+    dyn = replay(trace, sim_bundle, dyn_plan.config, controller=dyn_plan.controller())
+    base = replay(trace, sim_bundle, baseline_for(dyn_plan, sim_bundle))
+    assert dyn.summary["gpus"] == base.summary["gpus"]
+    assert dyn.summary["energy_kwh"] < base.summary["energy_kwh"]
+    assert dyn.summary["slo_attainment"] >= 0.99
+    policy = dyn.summary["policy"]
+    assert any(min(c["clocks_used"]) < 1980 for c in policy["classes"])  # it did lower clocks
+    assert set(dyn.requests["pool"]) == {c["class"] for c in policy["classes"]}
+
+
+def test_dynamollm_cli_reports_savings(run_cli, tmp_path, sim_bundle):
+    models = sim_bundle.save(tmp_path / "m.json")
+    src = tmp_path / "t.parquet"
+    run_cli("trace", "synth", "--duration", "300", "-o", src)
+    result = run_cli("replay", "run", "--trace", src, "--models", models, "--policy", "dynamollm", "--rate-scale", "4",
+                     "-o", tmp_path / "dyn")
+    assert result.exit_code == 0, result.output
+    assert "vs static baseline" in result.output and "saved" in result.output
+    assert (tmp_path / "dyn_baseline" / "summary.json").exists()
+    missing = run_cli("replay", "run", "--trace", src, "--models", models, "--policy", "polca")
+    assert missing.exit_code != 0 and "budget_w" in missing.output
