@@ -226,3 +226,33 @@ def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, b
                f"largest addition within bounds: {result['best_servers_added']} servers "
                f"(+{100 * result['best_servers_added'] / result['servers']:.0f} %)")
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+@replay.command("longctx")
+@click.option("--models", "models_path", type=click.Path(path_type=Path), required=True)
+@click.option("--contexts", default="131072,1000000,4000000,10000000", show_default=True, help="Context lengths, comma-separated.")
+@click.option("--tbt-slo", type=float, default=0.05, show_default=True)
+@click.option("--kv-capacity", type=int, default=4_000_000, show_default=True, help="KV tokens of one TP group.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV of the sweep.")
+def longctx(models_path, contexts, tbt_slo, kv_capacity, output) -> None:
+    """Mnemosyne: TTFT and TBT vs context under fixed/adaptive chunking, SPP and KVP."""
+    from characterize.model_io import ModelBundle
+
+    from .config import PoolConfig
+    from .policies.mnemosyne import context_sweep
+
+    bundle = ModelBundle.load(models_path)
+    try:
+        lengths = [int(float(c)) for c in contexts.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a list of numbers: {contexts!r}", param_hint="--contexts") from None
+    base = PoolConfig(instances=1, max_batch_tokens=16384, kv_capacity_tokens=kv_capacity, tbt_slo_s=tbt_slo)
+    table = context_sweep(bundle, lengths, base=base)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output, index=False)
+    label = " [SIMULATED models]" if bundle.simulated else ""
+    click.echo(f"one long request amid a stream of short ones (5/s){label}; TBT SLO {tbt_slo * 1000:.0f} ms; "
+               "decode_tbt_max_s: worst gap a short request saw during the long prefill")
+    shown = table.drop(columns=["drop_reason", "tbt_slo_s"])
+    click.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -124,10 +124,14 @@ class InstanceCost:
             latency += self.decode_latency(b, k_sum) - (self.dec["d0"] if c > 0 else 0.0)
         return max(latency, 1e-6)
 
-    def largest_chunk(self, p: float, b: int, k_sum: float, slo_s: float, granularity: int = 32) -> int:
-        """Mnemosyne adaptive chunk: the largest c (multiple of granularity) keeping the mixed iteration <= SLO."""
+    def largest_chunk(self, p: float, b: int, k_sum: float, slo_s: float, granularity: int = 32,
+                      scheduled: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> int:
+        """Mnemosyne adaptive chunk: the largest c (multiple of granularity) keeping the mixed
+        iteration <= SLO, given the pieces already ``scheduled`` in it (sums of c, c*p, c^2, p)."""
         q, pp, kvp = self.pre, self.pp, self.kvp
-        rest = (q["k0"] + q["kp"] * p / kvp) / pp + ((self.decode_latency(b, k_sum) - self.dec["d0"]) if b else 0.0) - slo_s
+        c_s, cp_s, c2_s, p_s = scheduled
+        others = q["kc"] * c_s + q["kcp"] * cp_s / kvp + q["kc2"] * c2_s + q["kp"] * p_s / kvp
+        rest = (q["k0"] + q["kp"] * p / kvp + others) / pp + ((self.decode_latency(b, k_sum) - self.dec["d0"]) if b else 0.0) - slo_s
         a, lin = q["kc2"] / pp, (q["kc"] + q["kcp"] * p / kvp) / pp
         if rest >= 0:
             return 0

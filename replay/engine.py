@@ -142,6 +142,8 @@ class Instance:
         self.idle_power = cost.idle_power()
         self.fast_forward = True  # False: one decode iteration at a time (the reference run)
         self.power_now = self.idle_power  # power of the iteration in flight, idle power when idle
+        # kv_capacity_tokens is per TP group; SPP stages hold 1/pp of the layers, KVP groups 1/kvp of the tokens
+        self.kv_capacity = pool.kv_capacity_tokens * pool.pp * pool.kvp
 
     @property
     def running(self) -> int:
@@ -157,14 +159,15 @@ class Instance:
     # ------------------------------------------------------------------ bookkeeping
     def _admit(self) -> None:
         pool = self.pool
+        capacity = self.kv_capacity
         while self.queue and len(self.prefilling) + len(self.heap) < pool.max_batch_size:
             r = self.queue[0]
             need = int(self.req.input[r] + self.req.output[r])
-            if need > pool.kv_capacity_tokens:
+            if need > capacity:
                 self.queue.popleft()
-                self.req.drop_reason[r] = f"needs {need} KV tokens, instance holds {pool.kv_capacity_tokens}"
+                self.req.drop_reason[r] = f"needs {need} KV tokens, instance holds {capacity}"
                 continue
-            if self.kv_reserved + need > pool.kv_capacity_tokens:
+            if self.kv_reserved + need > capacity:
                 return  # wait for KV to free up
             self.queue.popleft()
             self.kv_reserved += need
@@ -220,7 +223,10 @@ class Instance:
             r, done = item
             cap = pool.chunk_size
             if pool.chunk_policy == "adaptive":
-                cap = max(MIN_CHUNK, cost.largest_chunk(done, b, k_sum, pool.tbt_slo_s))
+                cap = cost.largest_chunk(done, b, k_sum, pool.tbt_slo_s, scheduled=(c_sum, cp_sum, c2_sum, p_sum))
+                if pieces and cap < MIN_CHUNK:
+                    continue  # the SLO budget of this iteration is spent; later pieces wait
+                cap = max(MIN_CHUNK, cap)  # the first piece always progresses
             c = min(int(req.input[r]) - done, budget, cap)
             if c <= 0:
                 continue

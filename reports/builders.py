@@ -133,3 +133,13 @@ def add_polca(report: Report, table_csv: Path) -> None:
                      "the capped replay to the same servers without a power limit.", "note")
     report.table(table.astype(object), "Servers added, capping and latency impact per priority", ",.4g")
     report.figure(figures.polca_impact(table), "p99 end-to-end latency impact and capping time by servers added")
+
+
+def add_longctx(report: Report, table_csv: Path) -> None:
+    table = pd.read_csv(table_csv)
+    report.heading("Mnemosyne: long-context TTFT and TBT")
+    report.paragraph("One long request arrives amid a steady stream of short ones. decode_tbt_max_s is the worst gap a "
+                     "short request alive during the long prefill saw; long_tbt_mean_s the long request's own time "
+                     "between tokens. Dropped: the KV did not fit the instance.", "note")
+    report.table(table.drop(columns=["drop_reason"]).astype(object), None, ",.4g")
+    report.figure(figures.longctx(table), "TTFT and TBT against context length per configuration")

@@ -120,3 +120,20 @@ def polca_impact(table: pd.DataFrame):
     sns.barplot(data=caps, x="servers_added", y="seconds", hue="cap", ax=axes[1])
     axes[1].set_ylabel("time capped (s)")
     return fig
+
+
+def longctx(table: pd.DataFrame):
+    """TTFT, co-batched decode TBT and the long request's TBT against context, per configuration."""
+    data = table[~table["dropped"].astype(bool)]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, column, label in zip(axes, ["ttft_s", "decode_tbt_max_s", "long_tbt_mean_s"],
+                                 ["TTFT (s)", "worst decode gap during prefill (s)", "long request TBT (s)"]):
+        sns.lineplot(data=data, x="context_tokens", y=column, hue="config", marker="o", ax=ax, legend=ax is axes[0])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel(label)
+    if len(data):
+        axes[1].axhline(data["tbt_slo_s"].iloc[0], color="black", linewidth=0.8, linestyle="--")
+    axes[0].legend(fontsize="x-small")
+    return fig

@@ -89,3 +89,17 @@ def test_dynamollm_cli_reports_savings(run_cli, tmp_path, sim_bundle):
     assert (tmp_path / "dyn_baseline" / "summary.json").exists()
     missing = run_cli("replay", "run", "--trace", src, "--models", models, "--policy", "polca")
     assert missing.exit_code != 0 and "budget_w" in missing.output
+
+
+def test_mnemosyne_adaptive_chunks_protect_decodes_and_spp_kvp_cut_ttft(sim_bundle):
+    from replay.policies.mnemosyne import context_sweep
+
+    table = context_sweep(sim_bundle, [262_144]).set_index("config")
+    fixed, adaptive = table.loc["fixed chunk 8192"], table.loc["adaptive chunks"]
+    spp, kvp = table.loc["adaptive + SPP x4"], table.loc["adaptive + SPP x4 + KVP x4"]
+    assert fixed["decode_tbt_max_s"] > 2 * adaptive["decode_tbt_max_s"]
+    assert adaptive["decode_tbt_max_s"] <= adaptive["tbt_slo_s"] * 1.2
+    assert spp["ttft_s"] == pytest.approx(adaptive["ttft_s"] / 4, rel=0.15)  # TTFT ~ sum(chunks) / PP
+    assert kvp["long_tbt_mean_s"] < spp["long_tbt_mean_s"]  # KV split: decode less sensitive to context
+    dropped = context_sweep(sim_bundle, [5_000_000], configs={"one group": {"chunk_policy": "adaptive"}})
+    assert dropped["dropped"].iloc[0] and "KV" in dropped["drop_reason"].iloc[0]

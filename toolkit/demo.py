@@ -49,7 +49,7 @@ def demo(output: Path) -> None:
 
 
 def _write_report(out: Path, bundle: Path) -> None:
-    from reports.builders import add_characterization, add_collection, add_polca, add_replays
+    from reports.builders import add_characterization, add_collection, add_longctx, add_polca, add_replays
     from reports.html import Report
 
     click.echo("writing the HTML report ...")
@@ -60,6 +60,7 @@ def _write_report(out: Path, bundle: Path) -> None:
     add_replays(report, [out / "dynamollm_conv_x8_baseline", out / "dynamollm_conv_x8"],
                 heading="DynamoLLM vs static baseline (synth_conv_1h at 8x rate, same GPUs)")
     add_polca(report, out / "polca_search.csv")
+    add_longctx(report, out / "mnemosyne_longctx.csv")
     path = report.save(out / "report.html")
     click.echo(f"wrote {path} ({report.figures} figures, self-contained)")
 
@@ -96,6 +97,19 @@ def _replay_samples(out: Path, bundle: Path) -> None:
                          rate_scale=8.0)
     click.echo(format_summary(summary))
     _polca(out, bundle)
+    _longctx(out, bundle)
+
+
+def _longctx(out: Path, bundle: Path) -> None:
+    from characterize.model_io import ModelBundle
+    from replay.policies.mnemosyne import context_sweep
+
+    click.echo("Mnemosyne: one long request (128K to 10M tokens) amid short ones, fixed vs adaptive chunks, SPP, KVP ...")
+    table = context_sweep(ModelBundle.load(bundle), [131_072, 1_000_000, 4_000_000, 10_000_000])
+    table.to_csv(out / "mnemosyne_longctx.csv", index=False)
+    for row in table[table["context_tokens"] == 1_000_000].itertuples():
+        click.echo(f"  [SIMULATED] 1M context, {row.config:<27} TTFT {row.ttft_s:7.1f} s, decode TBT max "
+                   f"{row.decode_tbt_max_s * 1000:6.1f} ms, long-request TBT {row.long_tbt_mean_s * 1000:5.1f} ms")
 
 
 def _polca(out: Path, bundle: Path) -> None:
