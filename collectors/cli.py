@@ -193,21 +193,62 @@ def summary(directory: Path, as_json: bool) -> None:
 
 
 @collect.command()
-@click.option("--backend", type=click.Choice(["sim", "gpu"]), default="sim", show_default=True,
-              help="sim: roofline model of a simulated H100 (labelled simulated); gpu: the PyTorch workload on real GPUs.")
+@click.option("--backend", type=click.Choice(["sim", "gpu", "cpu"]), default="sim", show_default=True,
+              help="sim: roofline model of a simulated H100 (labelled simulated); gpu: the PyTorch workload on a "
+                   "CUDA GPU with NVML energy; cpu: the same workload on the CPU (development; no energy).")
 @click.option("--preset", type=click.Choice(["llama3-8b", "llama2-70b", "tiny"]), default="llama3-8b", show_default=True)
-@click.option("--sweep", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
-@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--sweep", type=click.Choice(["test", "quick", "full"]), default="quick", show_default=True)
+@click.option("--tp", type=int, default=1, show_default=True, help="Profile one rank of this TP degree.")
+@click.option("--device", default="cuda:0", show_default=True)
+@click.option("--dtype", default="bfloat16", show_default=True)
+@click.option("--clocks", default="", help="SM clocks to lock, MHz, comma-separated (needs root).")
+@click.option("--power-limits", default="", help="Power limits, W, comma-separated (needs root).")
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--telemetry", type=click.Path(path_type=Path), default=None, help="Also keep the sampler's telemetry here.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="profile_iterations Parquet.")
-def profile(backend: str, preset: str, sweep: str, repeats: int, seed: int, output: Path) -> None:
-    """Profile chunked prefill, decode and mixed iterations over a (c, p, b, k, TP, clock) sweep."""
-    if backend == "gpu":
-        raise click.ClickException("the GPU workload driver is not built yet (issue 4); use --backend sim")
+def profile(backend, preset, sweep, tp, device, dtype, clocks, power_limits, repeats, warmup, seed, telemetry, output) -> None:
+    """Profile chunked prefill, decode and mixed iterations over a (c, p, b, k, clock, power limit) sweep."""
     from toolkit.parquet_io import atomic_write_table
 
-    from .sim_profile import simulate_profile
+    if backend == "sim":
+        from .sim_profile import simulate_profile
 
-    table = simulate_profile(preset, sweep, repeats, seed)
-    atomic_write_table(table, output)
-    click.echo(f"wrote {table.num_rows:,} SIMULATED iterations ({preset}, sweep {sweep}) to {output}")
+        table = simulate_profile(preset, "full" if sweep == "full" else "quick", repeats, seed)
+        atomic_write_table(table, output)
+        click.echo(f"wrote {table.num_rows:,} SIMULATED iterations ({preset}, sweep {sweep}) to {output}")
+        return
+    from .profiler import run_profile
+
+    def numbers(text, name):
+        try:
+            return [float(x) for x in text.split(",") if x.strip()] or None
+        except ValueError:
+            raise click.BadParameter(f"not a list of numbers: {text!r}", param_hint=name) from None
+
+    clock_list, limit_list = numbers(clocks, "--clocks"), numbers(power_limits, "--power-limits")
+    sampler = settings = None
+    try:
+        if backend == "gpu":
+            from .gpu_settings import GpuSettings
+            from .nvml_source import NvmlSource
+            from .sampler import Sampler
+
+            sampler = Sampler(NvmlSource(), telemetry, period_s=0.02, flush_s=1.0).start()
+            if clock_list or limit_list:
+                settings = GpuSettings(int(device.split(":")[1]) if ":" in device else 0)
+        else:
+            device = "cpu"
+            if dtype == "bfloat16":
+                dtype = "float32"
+        result = run_profile(preset, sweep, device, dtype, tp, clock_list, limit_list, repeats, warmup, sampler, settings)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if sampler is not None:
+            sampler.stop()
+    atomic_write_table(result.table, output)
+    for reason in result.skipped:
+        click.echo(f"skipped: {reason}", err=True)
+    click.echo(f"wrote {result.table.num_rows:,} measured iterations ({preset}, {backend}, sweep {sweep}) to {output}")

@@ -117,16 +117,18 @@ class FakeNVML:
         return int(gpu.power_w(self._t()) * 1000)
 
     def nvmlDeviceGetPowerManagementLimit(self, handle):
-        self._call(handle, "limit")
-        return 700_000
+        gpu = self._call(handle, "limit")
+        return getattr(gpu, "limit_mw", 700_000)
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle):
         self._call(handle, "enforced")
         return 700_000
 
     def nvmlDeviceGetClockInfo(self, handle, kind):
-        self._call(handle, "clock")
-        return 1980 if kind == pynvml.NVML_CLOCK_SM else 2619
+        gpu = self._call(handle, "clock")
+        if kind == pynvml.NVML_CLOCK_SM:
+            return getattr(gpu, "locked", None)[1] if getattr(gpu, "locked", None) else 1980
+        return 2619
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
         self._call(handle, "reasons")
@@ -161,6 +163,27 @@ class FakeNVML:
         if link >= gpu.nvlinks:
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return pynvml.NVML_FEATURE_ENABLED
+
+    # settings (need root on real GPUs): the fake honours `permitted`
+    def _require_root(self, gpu):
+        if not getattr(gpu, "permitted", True):
+            raise _err(pynvml.NVML_ERROR_NO_PERMISSION)
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle):
+        return 700_000
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle, milliwatts):
+        gpu = self._gpu(handle)
+        self._require_root(gpu)
+        gpu.limit_mw = int(milliwatts)
+
+    def nvmlDeviceSetGpuLockedClocks(self, handle, lo, hi):
+        gpu = self._gpu(handle)
+        self._require_root(gpu)
+        gpu.locked = (lo, hi)
+
+    def nvmlDeviceResetGpuLockedClocks(self, handle):
+        self._gpu(handle).locked = None
 
     def nvmlDeviceGetFieldValues(self, handle, field_ids):
         gpu = self._call(handle, "fields")
