@@ -44,6 +44,12 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
         trace = trace.iloc[:limit]
     if rate_scale != 1.0:  # compress time: the same requests at rate_scale times the rate
         trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
+    if "priority" not in trace:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        trace["priority"] = np.where(rng.random(len(trace)) < high_priority_fraction, "high", "low")
+        click.echo(f"the trace has no priorities: labelled {high_priority_fraction:.0%} high at random (seed 0)", err=True)
     bundle = ModelBundle.load(models_path)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
     controller = None
@@ -132,7 +138,8 @@ def _policy_lines(s: dict) -> list[str]:
     if policy.get("name") == "dynamollm":
         for c in policy["classes"]:
             lines.append(f"  class {c['class']:<12} TP{c['tp']} x{c['instances']} (mean active {c['mean_active']:.1f}), clocks {c['clocks_used']}")
-        lines.append(f"  reconfigurations {policy['reconfigurations']} (clock changes {policy['clock_changes']}, scale-outs {policy['scale_outs']})")
+        lines.append(f"  reconfigurations {policy['reconfigurations']} (clock changes {policy['clock_changes']}, "
+                     f"planned scale-outs {policy['scale_outs']}, reactive scale-outs {policy['reactive_scale_outs']})")
     if policy.get("name") == "polca":
         lines.append(f"  POLCA: budget {policy['budget_w']:.0f} W, peak row power {policy['peak_row_power_w']:.0f} W, "
                      f"{policy['capping_events']} capping events, low capped {policy['capped_low_s']:.0f} s, "
@@ -202,8 +209,11 @@ def sweep_command(trace_path, models_path, cluster_path, vary, scheduler, worker
 @click.option("--max-over-budget", type=float, default=0.005, show_default=True,
               help="Largest share of 1-s intervals allowed over the budget (capping only trims dynamic power).")
 @click.option("--rate-scale", type=float, default=1.0, show_default=True, help="Load of the original row, x the trace's rate.")
+@click.option("--high-priority-fraction", type=float, default=0.5, show_default=True,
+              help="For traces without a priority column (Azure): seeded random labels, this share high.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV, one row per servers-added.")
-def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, bound_low, max_over_budget, rate_scale, output) -> None:
+def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, bound_low, max_over_budget, rate_scale,
+                 high_priority_fraction, output) -> None:
     """POLCA: the most servers a row's power budget can take with capping, within latency bounds."""
     from characterize.model_io import ModelBundle
     from toolkit.traces.formats import read_trace
@@ -213,6 +223,12 @@ def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, b
 
     trace = read_trace(trace_path).to_pandas()
     trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
+    if "priority" not in trace:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        trace["priority"] = np.where(rng.random(len(trace)) < high_priority_fraction, "high", "low")
+        click.echo(f"the trace has no priorities: labelled {high_priority_fraction:.0%} high at random (seed 0)", err=True)
     bundle = ModelBundle.load(models_path)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
     result = oversubscription_search(trace, bundle, config, policy_configs(config)[1], max_extra, bound_high, bound_low,

@@ -2,7 +2,8 @@
 
 Requests are binned by input and output length into classes (default short/medium/long on both
 axes), each served by its own pool.  Every ``period_s`` the controller forecasts each class's
-arrival rate (the rate it saw in the previous period; the first period uses its first minute)
+arrival rate from the past only (the larger of the previous period's rate and its last minute's;
+the first period uses its own first minute)
 and picks, from the profiled latency and power models, the number of active instances and the
 SM clock that minimize energy while an instance's capacity at that clock, with headroom
 (``utilization_target``), covers the forecast and the TBT/TTFT SLOs hold.  Each pool's TP is
@@ -42,6 +43,9 @@ class DynamoConfig:
     tps: tuple[int, ...] | None = None  # default: the TPs the models were fitted for
     clocks: tuple[float, ...] | None = None  # default: the profiled SM clocks
     max_instances_per_class: int = 64
+    spare_instances: int = 1  # provisioned per class beyond the plan's peak, for reactive scale-out
+    reactive_check_s: float = 10.0  # between period decisions: scale out when queues build
+    reactive_queue: int = 4  # requests waiting for prefill on an active instance that trigger a scale-out
 
 
 def profiled_values(bundle, key: str) -> list:
@@ -74,7 +78,10 @@ def instance_capacity(cost: InstanceCost, mean_in: float, mean_out: float, pool:
             break
         best_b = b
     decode = cost.decode_latency(best_b, best_b * (mean_in + mean_out / 2))
-    mu = 1.0 / (prefill + max(0.0, mean_out - 1) * decode / best_b)
+    # each prefill iteration also carries the running decodes (one launch constant shared)
+    prefill_iterations = math.ceil(mean_in / max(1, pool.max_batch_tokens - best_b))
+    interference = prefill_iterations * (decode - cost.dec["d0"])
+    mu = 1.0 / (prefill + interference + max(0.0, mean_out - 1) * decode / best_b)
     power = cost.iteration_power(0, best_b)
     return mu, (power if power is not None else 0.0), prefill
 
@@ -111,11 +118,20 @@ class DynamoPlan:
         return DynamoController(self)
 
 
-def _rates(arrival: np.ndarray, mask: np.ndarray, period_s: float, periods: int) -> np.ndarray:
-    """Forecast rate per period: the previous period's observed rate (period 0: its first minute)."""
-    counts = np.bincount((arrival[mask] // period_s).astype(np.int64), minlength=periods)[:periods] / period_s
-    first_minute = np.count_nonzero(arrival[mask] < min(60.0, period_s)) / min(60.0, period_s)
-    return np.concatenate([[first_minute], counts[:-1]])
+def _rates(arrival: np.ndarray, mask: np.ndarray, period_s: float, periods: int, recent_s: float = 60.0) -> np.ndarray:
+    """Forecast rate per period from the past only: the larger of the previous period's mean rate
+    and the rate of its last ``recent_s`` seconds (so a rising load is not averaged away).
+    Period 0 has no past: it uses its own first ``recent_s`` seconds."""
+    times = arrival[mask]
+    counts = np.bincount((times // period_s).astype(np.int64), minlength=periods)[:periods] / period_s
+    window = min(recent_s, period_s)
+    forecast = np.empty(periods)
+    forecast[0] = np.count_nonzero(times < window) / window
+    for k in range(1, periods):
+        boundary = k * period_s
+        recent = np.count_nonzero((times >= boundary - window) & (times < boundary)) / window
+        forecast[k] = max(counts[k - 1], recent)
+    return forecast
 
 
 def plan(trace: pd.DataFrame, bundle, base: ClusterConfig, cfg: DynamoConfig) -> DynamoPlan:
@@ -155,7 +171,7 @@ def plan(trace: pd.DataFrame, bundle, base: ClusterConfig, cfg: DynamoConfig) ->
         if not math.isfinite(total):
             raise ValueError(f"class {class_name(code, cfg)}: no TP/clock meets the SLOs (TTFT {template.ttft_slo_s}s, "
                              f"TBT {template.tbt_slo_s}s) for mean input {mean_in:.0f}, output {mean_out:.0f}")
-        n_max = max(n for _, n, _ in schedule)
+        n_max = max(n for _, n, _ in schedule) + cfg.spare_instances
         lo_in = ([0] + list(cfg.input_bins))[code // (len(cfg.output_bins) + 1)]
         hi_in = (list(cfg.input_bins) + [1e12])[code // (len(cfg.output_bins) + 1)]
         hi_out = (list(cfg.output_bins) + [1e12])[code % (len(cfg.output_bins) + 1)]
@@ -177,6 +193,22 @@ class DynamoController:
     reconfigurations: int = 0
     clock_changes: int = 0
     scale_outs: int = 0
+    reactive_scale_outs: int = 0
+    next_check: float = 0.0
+
+    def _react(self, t: float, state) -> None:
+        """Queues building between decisions (forecast too low): one more instance, after warm-up."""
+        cfg = self.plan.cfg
+        for p_index, members in enumerate(state.members):
+            active = members[: state.active[p_index]]
+            # requests not yet through prefill: queued, or admitted and waiting for prefill budget
+            waiting = max(len(state.instances[i].queue) + len(state.instances[i].prefilling) for i in active)
+            # an activation already warming up (due within scale_out_s) answers the same queue
+            pending_here = any(e[1] == p_index and e[2] == "active" and e[0] <= t + cfg.scale_out_s for e in self.pending)
+            if waiting > cfg.reactive_queue and state.active[p_index] < len(members) and not pending_here:
+                self.pending.append((t + cfg.scale_out_s, p_index, "active", state.active[p_index] + 1))
+                self.pending.sort(key=lambda e: (e[0], e[1], e[2]))
+                self.reactive_scale_outs += 1
 
     def __post_init__(self) -> None:
         for p_index, cls in enumerate(self.plan.classes):
@@ -191,9 +223,13 @@ class DynamoController:
         self.pending.sort(key=lambda e: (e[0], e[1], e[2]))
 
     def next_time(self) -> float:
-        return self.pending[0][0] if self.pending else math.inf
+        planned = self.pending[0][0] if self.pending else math.inf
+        return min(planned, self.next_check)
 
     def act(self, t: float, state) -> None:
+        if t >= self.next_check:
+            self._react(t, state)
+            self.next_check = t + self.plan.cfg.reactive_check_s
         while self.pending and self.pending[0][0] <= t:
             _, p_index, kind, value = self.pending.pop(0)
             if kind == "clock":
@@ -212,7 +248,8 @@ class DynamoController:
                 "classes": [{"class": c.name, "tp": c.tp, "instances": c.instances,
                              "mean_active": float(np.mean([n for _, n, _ in c.schedule])),
                              "clocks_used": sorted({f for _, _, f in c.schedule if f is not None})} for c in self.plan.classes],
-                "reconfigurations": self.reconfigurations, "clock_changes": self.clock_changes, "scale_outs": self.scale_outs}
+                "reconfigurations": self.reconfigurations, "clock_changes": self.clock_changes, "scale_outs": self.scale_outs,
+                "reactive_scale_outs": self.reactive_scale_outs}
 
 
 def baseline_for(plan: DynamoPlan, bundle) -> ClusterConfig:
