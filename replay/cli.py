@@ -44,12 +44,6 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
         trace = trace.iloc[:limit]
     if rate_scale != 1.0:  # compress time: the same requests at rate_scale times the rate
         trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
-    if "priority" not in trace:
-        import numpy as np
-
-        rng = np.random.default_rng(0)
-        trace["priority"] = np.where(rng.random(len(trace)) < high_priority_fraction, "high", "low")
-        click.echo(f"the trace has no priorities: labelled {high_priority_fraction:.0%} high at random (seed 0)", err=True)
     bundle = ModelBundle.load(models_path)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
     controller = None

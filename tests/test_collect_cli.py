@@ -1,7 +1,6 @@
 import json
 import sys
 
-import pyarrow.parquet as pq
 
 from collectors.prometheus import format_textfile
 from collectors.segments import read_segments

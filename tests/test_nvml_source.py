@@ -1,6 +1,5 @@
 """NvmlSource against the fake pynvml: Volta+ counter, pre-Volta fallback, NotSupported, GPU lost."""
 
-import time
 
 import pynvml
 import pytest

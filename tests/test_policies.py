@@ -103,3 +103,20 @@ def test_mnemosyne_adaptive_chunks_protect_decodes_and_spp_kvp_cut_ttft(sim_bund
     assert kvp["long_tbt_mean_s"] < spp["long_tbt_mean_s"]  # KV split: decode less sensitive to context
     dropped = context_sweep(sim_bundle, [5_000_000], configs={"one group": {"chunk_policy": "adaptive"}})
     assert dropped["dropped"].iloc[0] and "KV" in dropped["drop_reason"].iloc[0]
+
+
+def test_polca_search_cli_labels_missing_priorities(run_cli, tmp_path, sim_bundle):
+    models = sim_bundle.save(tmp_path / "m.json")
+    src = tmp_path / "t.csv"
+    load(400, rate=20).drop(columns=["priority", "request_id"]).rename(
+        columns={"arrival_s": "arrived_at", "input_tokens": "num_prefill_tokens", "output_tokens": "num_decode_tokens"}
+    ).to_csv(src, index=False)
+    toml = tmp_path / "row.toml"
+    toml.write_text("[[pool]]\nname='high'\npriority='high'\ninstances=1\n[[pool]]\nname='low'\npriority='low'\ninstances=1\n"
+                    "[polca]\nbudget_w = 600\n")
+    out = tmp_path / "polca.csv"
+    result = run_cli("replay", "polca-search", "--trace", src, "--models", models, "--cluster", toml, "--max-extra", "1", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "labelled 50% high" in result.output and "largest addition" in result.output
+    table = pd.read_csv(out)
+    assert table["servers_added"].tolist() == [0, 1] and {"p99_impact_high", "p99_impact_low"} <= set(table.columns)

@@ -198,10 +198,20 @@ def test_spp_divides_prefill_and_kvp_flattens_decode_with_context():
 
 
 def test_pool_with_its_own_models(tmp_path):
-    slow = linear_bundle(k0=0.1).save(tmp_path / "slow.json")
+    linear_bundle(k0=0.1).save(tmp_path / "slow.json")
     toml = tmp_path / "c.toml"
     toml.write_text("router = 'round_robin'\n[[pool]]\nname = 'fast'\ninstances = 1\nmax_input_tokens = 1000\n"
                     "[[pool]]\nname = 'slow'\ninstances = 1\nmodels = 'slow.json'\n")
     result = replay(trace([0.0, 0.0], [500, 5000], [2, 2]), linear_bundle(), load_cluster(toml))
     assert result.requests["pool"].tolist() == ["fast", "slow"]
     assert result.requests.ttft_s[1] > 0.1 > result.requests.ttft_s[0]
+
+
+def test_replay_cli_on_an_azure_csv_without_priorities(run_cli, tmp_path):
+    bundle = linear_bundle().save(tmp_path / "m.json")
+    csv = tmp_path / "azure.csv"
+    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,480,10\n"
+                   "2023-11-16 18:17:04.0319600,318,8\n2023-11-16 18:17:05.5000000,100,3\n")
+    result = run_cli("replay", "run", "--trace", csv, "--models", bundle, "--json")
+    assert result.exit_code == 0, result.output
+    assert '"finished": 3' in result.output

@@ -327,7 +327,7 @@ def convert_trace_streaming(src: str | Path, dst: str | Path, fmt: str = "auto",
             table = to_trace_table(chunk, trace_format, ctx, origin, extra_metadata={"wattlas.source": Path(src).name})
             arrivals = table.column("arrival_s")
             if previous_last is not None and len(arrivals) and arrivals[0].as_py() < previous_last:
-                raise ctx.error(f"not sorted: arrival goes back in time at a chunk boundary", 0, "arrival_s")
+                raise ctx.error("not sorted: arrival goes back in time at a chunk boundary", 0, "arrival_s")
             previous_last = arrivals[-1].as_py() if len(arrivals) else previous_last
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
