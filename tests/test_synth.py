@@ -45,3 +45,17 @@ def test_lengths_clipped_and_priorities_split():
 def test_invalid_spec_rejected(run_cli, tmp_path):
     result = run_cli("trace", "synth", "--diurnal-amplitude", "1.5", "-o", tmp_path / "x.parquet")
     assert result.exit_code != 0 and "amplitude" in result.output
+
+
+@pytest.mark.parametrize("name,preset,duration", [("synth_conv_1h", "conv", 3600), ("synth_code_1h", "code", 3600),
+                                                   ("synth_longctx_1d", "longctx", 86400)])
+def test_shipped_sample_traces_are_what_their_commands_make(name, preset, duration):
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    shipped = pq.read_table(Path(__file__).resolve().parents[1] / "sample_traces" / f"{name}.parquet")
+    fresh = synthesize(spec_for(preset, duration_s=duration, seed=0), preset)
+    assert shipped.select(["arrival_s", "input_tokens", "output_tokens", "priority"]).equals(
+        fresh.select(["arrival_s", "input_tokens", "output_tokens", "priority"]))
+    assert shipped.schema.metadata[b"wattlas.synthetic"] == b"true"

@@ -7,6 +7,7 @@ pipeline that are not built yet are listed as such rather than faked.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -90,11 +91,11 @@ def _replay_samples(out: Path, bundle: Path) -> None:
 
     for name in ("synth_conv_1h", "synth_code_1h"):
         click.echo(f"replaying {name} on 2 x llama3-8b TP1 (baseline) ...")
-        summary = run_replay(_sample_trace(name, out), bundle, None, out / f"replay_{name}")
+        summary = run_replay(_sample_trace(name, out), bundle, None, out / f"replay_{name}", show_progress=sys.stderr.isatty())
         click.echo(format_summary(summary))
     click.echo("DynamoLLM on synth_conv_1h at 8x its rate (per-class pools, clocks and instance counts every 300 s) ...")
     summary = run_replay(_sample_trace("synth_conv_1h", out), bundle, None, out / "dynamollm_conv_x8", policy="dynamollm",
-                         rate_scale=8.0)
+                         rate_scale=8.0, show_progress=sys.stderr.isatty())
     click.echo(format_summary(summary))
     _polca(out, bundle)
     _longctx(out, bundle)
