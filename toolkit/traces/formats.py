@@ -202,11 +202,11 @@ def normalize_frame(
                 )
     else:
         arrival = raw[fmt.arrival]
+    # wattlas files keep their ids; every other format's id is the row's position in the file
+    keeps_ids = fmt.name == "wattlas" and "request_id" in raw.columns
     out = pd.DataFrame(
         {
-            "request_id": np.arange(ctx.row_offset, ctx.row_offset + len(raw), dtype="int64")
-            if "request_id" not in raw.columns or fmt.name != "wattlas"
-            else raw["request_id"],
+            "request_id": raw["request_id"] if keeps_ids else np.arange(ctx.row_offset, ctx.row_offset + len(raw), dtype="int64"),
             "arrival_s": arrival,
             "input_tokens": raw[fmt.input],
             "output_tokens": raw[fmt.output],
