@@ -140,7 +140,7 @@ def run(command: tuple[str, ...], **opts) -> None:
     for problem in sampler.markers.errors:
         click.echo(f"warning: {problem}", err=True)
     _print_summary(out_dir)
-    sys.exit(returncode)
+    sys.exit(128 - returncode if returncode < 0 else returncode)  # killed by signal N: exit 128+N, as a shell does
 
 
 @collect.command()
