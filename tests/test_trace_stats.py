@@ -89,3 +89,21 @@ def test_partials_merge_exactly_at_any_split(gaps, split):
     for key in ("requests", "duration_s", "interarrival_mean_s", "interarrival_median_s", "peak_per_s"):
         assert merged[key] == pytest.approx(whole[key], abs=1e-9, nan_ok=True)
     assert merged["interarrival_cv"] == pytest.approx(whole["interarrival_cv"], rel=1e-6, abs=1e-9, nan_ok=True)
+
+
+def test_chunked_stats_on_a_dask_distributed_client(write_text):
+    from distributed import Client, LocalCluster
+
+    rng = np.random.default_rng(5)
+    n = 300
+    stamps = pd.Timestamp("2024-05-10 00:00:00") + pd.to_timedelta(np.cumsum(rng.exponential(0.2, n)), unit="s")
+    df = pd.DataFrame({"TIMESTAMP": stamps.strftime("%Y-%m-%d %H:%M:%S.%f+00:00"),
+                       "ContextTokens": rng.integers(1, 900, n), "GeneratedTokens": rng.integers(1, 90, n)})
+    path = write_text("d.csv", df.to_csv(index=False))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        stats = finalize(summarize_csv_chunked(path, blocksize=1500, client=client))
+    local = finalize(summarize_csv_chunked(path, blocksize=1500))
+    for key in ("requests", "duration_s", "interarrival_cv", "interarrival_median_s", "input_output_corr"):
+        assert stats[key] == pytest.approx(local[key]), key
+    assert stats["requests"] == n
+    assert stats["input_tokens"]["p50"] == pytest.approx(df["ContextTokens"].quantile(0.5))
