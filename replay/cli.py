@@ -56,7 +56,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
             raise click.ClickException(str(exc)) from None
         config, controller = dyn_plan.config, dyn_plan.controller()
     elif policy == "polca":
-        from .policies.polca import PolcaConfig, PolcaController, server_peak_w  # noqa: F401
+        from .policies.polca import PolcaController
 
         polca = policy_configs(config)[1]
         if polca is None:

@@ -91,11 +91,6 @@ class PolcaController:
                 "peak_row_power_w": self.peak_row_w, "over_budget_s": self.over_budget_s}
 
 
-def server_peak_w(state_or_costs) -> float:
-    """Instance power at full load (the provisioning figure)."""
-    return max(inst.cost.iteration_power(1e6, 0) or 0.0 for inst in state_or_costs)
-
-
 def latency_by_priority(requests: pd.DataFrame) -> pd.DataFrame:
     done = requests[~requests["dropped"]]
     return done.groupby(done["priority"].fillna("none")).agg(
@@ -126,7 +121,7 @@ def oversubscription_search(trace: pd.DataFrame, bundle, config: ClusterConfig, 
     point is also rejected when row power stays over budget for more than
     ``max_over_budget_fraction`` of the time (1-s meter intervals).
     """
-    from ..engine import ClusterState, replay  # noqa: F401
+    from ..engine import replay
 
     runner = runner or replay
     base_n = config.instances
