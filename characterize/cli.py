@@ -16,9 +16,16 @@ FORMATS = click.Choice(["auto", "wattlas", "vidur-mlp", "vidur-attention", "spli
 def _load_all(paths, fmt: str, where: tuple[str, ...]) -> pd.DataFrame:
     from .importers import load_measurements
 
+    import warnings
+
     frames = []
     for path in paths:
-        frame = load_measurements(path, fmt)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            frame = load_measurements(path, fmt)
+        for warning in caught:
+            if issubclass(warning.category, UserWarning) and str(path) in str(warning.message):
+                click.echo(f"warning: {warning.message}", err=True)
         frame["source"] = str(path)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)

@@ -12,10 +12,14 @@ Every importer returns the columns of ``profile_iterations`` it can fill (``phas
   Its power columns are normalized (and zero for H100), so they are left null, not used.
 * ML.ENERGY benchmark results: per-GPU average power and median inter-token latency vs
   serving batch -> phase ``serving``.
+
+``source_row`` is the 1-based data row of the input each measurement came from.  Rows without a
+positive latency are left out with a warning naming the first such row.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +69,7 @@ def from_vidur_mlp(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
         "phase": "linear", "chunk_tokens": raw["num_tokens"], "prefix_tokens": 0, "batch_size": 0, "kv_tokens": 0,
         "tp": raw["num_tensor_parallel_workers"], "latency_s": latency_ms / 1000.0,
         "gpu_name": _gpu_from_name(path), "model": path.stem, "backend": "measured:vidur",
+        "source_row": np.arange(1, len(raw) + 1),
     }))
 
 
@@ -79,11 +84,13 @@ def from_vidur_attention(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
         "kv_tokens": np.where(prefill, 0, raw["kv_cache_size"]),
         "tp": raw["num_tensor_parallel_workers"], "latency_s": latency_ms / 1000.0,
         "gpu_name": _gpu_from_name(path), "model": "attention", "backend": "measured:vidur",
+        "source_row": np.arange(1, len(raw) + 1),
     }))
 
 
 def from_splitwise(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
-    common = {"tp": raw["tensor_parallel"], "gpu_name": raw.get("hardware"), "model": raw.get("model"), "backend": "measured:splitwise"}
+    common = {"tp": raw["tensor_parallel"], "gpu_name": raw.get("hardware"), "model": raw.get("model"), "backend": "measured:splitwise",
+              "source_row": np.arange(1, len(raw) + 1)}
     prefill = pd.DataFrame({"phase": "prefill", "chunk_tokens": raw["prompt_size"] * raw["batch_size"], "prefix_tokens": 0,
                             "batch_size": 0, "kv_tokens": 0, "latency_s": raw["prompt_time"] / 1000.0, **common})
     decode = pd.DataFrame({"phase": "decode", "chunk_tokens": 0, "prefix_tokens": 0, "batch_size": raw["batch_size"],
@@ -98,12 +105,13 @@ def from_mlenergy(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
         "tp": raw.get("tensor_parallel", raw["num_gpus"]), "latency_s": raw["median_itl_ms"] / 1000.0,
         "mean_power_w": raw["avg_power_watts"] / raw["num_gpus"],  # the table sums over GPUs
         "gpu_name": raw.get("gpu_model"), "model": raw.get("model_id"), "backend": "measured:ml.energy",
-        "task": raw.get("task"),
+        "task": raw.get("task"), "source_row": np.arange(1, len(raw) + 1),
     }))
 
 
 def from_profile(table) -> pd.DataFrame:
     frame = table.to_pandas()
+    frame["source_row"] = np.arange(1, len(frame) + 1)
     return _finish(frame)
 
 
@@ -139,8 +147,12 @@ def load_measurements(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
                                "Splitwise perf_model or ML.ENERGY results)")
     _require(raw, SIGNATURES[name], path)
     frame = IMPORTERS[name](raw, path)
-    bad = frame["latency_s"].isna() | (frame["latency_s"] <= 0)
-    frame = frame[~bad | frame["phase"].eq("serving")]
+    bad = (frame["latency_s"].isna() | (frame["latency_s"] <= 0)) & ~frame["phase"].eq("serving")
+    if bad.any():
+        rows = sorted(frame.loc[bad, "source_row"].unique())
+        warnings.warn(f"{path}: {len(rows)} rows without a positive latency were left out "
+                      f"(first: row {rows[0]}, column latency)", stacklevel=2)
+    frame = frame[~bad]
     frame.attrs["source"] = str(path)
     frame.attrs["format"] = name
     return frame

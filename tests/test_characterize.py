@@ -168,3 +168,13 @@ def test_cli_fit_show_predict_validate_chunks(run_cli, tmp_path):
     assert "MAPE" in run_cli("characterize", "validate", bundle, csv).output
     missing = run_cli("characterize", "predict", bundle, "--phase", "mixed")
     assert missing.exit_code != 0 and "no latency model" in missing.output
+
+
+def test_rows_without_latency_are_left_out_with_a_warning_naming_the_row(write_text):
+    from characterize.importers import load_measurements
+
+    path = write_text("perf.csv", "prompt_size,batch_size,token_size,prompt_time,token_time,tensor_parallel\n"
+                                  "100,1,10,5,2,1\n200,1,10,5,,1\n300,1,10,5,2,1\n")
+    with pytest.warns(UserWarning, match=r"perf.csv: 1 rows .* \(first: row 2, column latency\)"):
+        frame = load_measurements(path)
+    assert len(frame) == 5  # 3 prefill + 2 decode rows
