@@ -59,3 +59,13 @@ def test_shipped_sample_traces_are_what_their_commands_make(name, preset, durati
     assert shipped.select(["arrival_s", "input_tokens", "output_tokens", "priority"]).equals(
         fresh.select(["arrival_s", "input_tokens", "output_tokens", "priority"]))
     assert shipped.schema.metadata[b"wattlas.synthetic"] == b"true"
+
+
+def test_burst_modulation_keeps_the_mean_rate_and_adds_bursts():
+    calm = SynthSpec(duration_s=20_000, mean_rate=3.0, cv=1.0, diurnal_amplitude=0.0, seed=2)
+    bursty = SynthSpec(duration_s=20_000, mean_rate=3.0, cv=1.0, diurnal_amplitude=0.0, seed=2,
+                       burst_fraction=0.1, burst_multiplier=12, burst_mean_s=5)
+    a, b = summarize_trace(synthesize(calm)), summarize_trace(synthesize(bursty))
+    assert b["rate_per_s"] == pytest.approx(3.0, rel=0.1)
+    assert b["interarrival_cv"] > 1.5 * a["interarrival_cv"]
+    assert b["peak_per_s"] > a["peak_per_s"]

@@ -99,6 +99,9 @@ def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool) -> 
 @click.option("--input-median", type=float)
 @click.option("--output-median", type=float)
 @click.option("--high-priority-fraction", type=float)
+@click.option("--burst-fraction", type=float, help="Share of time in bursts (two-state Markov modulation).")
+@click.option("--burst-multiplier", type=float, help="Rate in a burst relative to calm.")
+@click.option("--burst-mean", "burst_mean_s", type=float, help="Mean burst length, s.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def synth(preset: str, start_hour: float | None, output: Path, **overrides) -> None:
