@@ -141,13 +141,10 @@ class Instance:
         self.iterations = 0
         self.idle_power = cost.idle_power()
         self.fast_forward = True  # False: one decode iteration at a time (the reference run)
+        self.clock = pool.sm_clock_mhz  # SM clock the instance runs at now (policies change it)
         self.power_now = self.idle_power  # power of the iteration in flight, idle power when idle
         # kv_capacity_tokens is per TP group; SPP stages hold 1/pp of the layers, KVP groups 1/kvp of the tokens
         self.kv_capacity = pool.kv_capacity_tokens * pool.pp * pool.kvp
-
-    @property
-    def running(self) -> int:
-        return len(self.heap)
 
     @property
     def outstanding(self) -> int:
@@ -414,7 +411,6 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
             members[-1].append(len(instances))
             instances.append(Instance(len(instances), p_index, pool, cost, req, rec))
             instances[-1].fast_forward = fast_forward
-            instances[-1].clock = pool.sm_clock_mhz
     req.pool[:] = _route_pools(config, req.input, req.output, priority)
     state = ClusterState(instances, members, config, bundles, rec)
     round_robin = [0] * len(config.pools)

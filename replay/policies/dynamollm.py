@@ -234,7 +234,7 @@ class DynamoController:
             _, p_index, kind, value = self.pending.pop(0)
             if kind == "clock":
                 for i in state.members[p_index]:
-                    if getattr(state.instances[i], "clock", None) != value:
+                    if state.instances[i].clock != value:
                         state.set_clock(t, i, value, "dynamollm")
                 self.clock_changes += 1
             else:

@@ -70,7 +70,7 @@ class PolcaController:
                 clock = cfg.low_cap_mhz if low else inst.pool.sm_clock_mhz
             else:
                 clock = cfg.low_cap_mhz if low else cfg.high_cap_mhz
-            if clock != getattr(inst, "clock", None):
+            if clock != inst.clock:
                 state.set_clock(t, inst.index, clock, f"polca level {level}")
         if self._open is not None:
             self._open["end_s"] = t
