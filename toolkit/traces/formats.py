@@ -91,15 +91,6 @@ def detect_format(columns: list[str], source: str | Path | None, fmt: str = "aut
 # --------------------------------------------------------------------------- text decoding
 
 
-def _utf8_error(source: Path, data: bytes, exc: UnicodeDecodeError, byte_offset: int = 0) -> InputError:
-    start = byte_offset + exc.start
-    line = data[: exc.start].count(b"\n") + 1
-    bad = data[exc.start : exc.start + 1].hex()
-    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-        return InputError(source, "file is UTF-16 text; wattlas reads UTF-8 (re-save the file as UTF-8)", line=1)
-    return InputError(source, f"not UTF-8 text: byte 0x{bad} at offset {start}", row=line - 1 if line > 1 else None, line=line)
-
-
 def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
@@ -135,8 +126,9 @@ def _read_csv_text(path: Path) -> str:
         raise InputError(path, "file is empty")
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _utf8_error(path, data, exc) from None
+    except UnicodeDecodeError:
+        # one locator for every read path; re-reading is confined to the error case
+        raise locate_encoding_error(path) or InputError(path, "not UTF-8 text") from None
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
