@@ -499,8 +499,8 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
         "t_s": np.tile(np.arange(n_bins) * config.bin_s, len(instances)),
         "power_w": (bins / config.bin_s).ravel() if has_power else np.nan,
     })
-    slo_ttft = np.array([config.pools[p].ttft_slo_s for p in req.pool])
-    slo_tbt = np.array([config.pools[p].tbt_slo_s for p in req.pool])
+    slo_ttft = np.array([p.ttft_slo_s for p in config.pools])[req.pool]
+    slo_tbt = np.array([p.tbt_slo_s for p in config.pools])[req.pool]
     done = ~dropped
     met = done & (ttft <= slo_ttft) & ((req.output <= 1) | (tbt_mean <= slo_tbt))
     busy = sum(i.busy_energy for i in instances)
