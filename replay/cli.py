@@ -87,8 +87,6 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     summary.update({"trace": str(trace_path), "models": str(models_path), "cluster": str(cluster_path) if cluster_path else "default",
                     "simulated_models": bundle.simulated, "synthetic_trace": trace_meta.get("wattlas.synthetic") == "true",
                     "policy_name": policy, "rate_scale": rate_scale})
-    if out_dir is not None:
-        _write_outputs(result, summary, out_dir, bundle.simulated)
     if policy == "dynamollm":  # the static deployment with the same GPUs, for the savings
         from .policies.dynamollm import baseline_for
 
@@ -105,8 +103,8 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
                 "carbon_pct": 100 * (1 - summary["carbon_kg"] / base_summary["carbon_kg"]),
                 "cost_pct": 100 * (1 - summary["cost_usd"] / base_summary["cost_usd"]),
             }
-        if out_dir is not None:
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if out_dir is not None:
+        _write_outputs(result, summary, out_dir, bundle.simulated)
     return summary
 
 
