@@ -75,14 +75,11 @@ def _build_sampler(backend, sim_gpus, seed, period_s, flush_s, out_dir, **extra)
 
 
 def _print_summary(out_dir: Path) -> None:
-    from toolkit.schemas import TELEMETRY_SAMPLES
+    from .summary import format_summary, load_telemetry, summarize_telemetry
 
-    from .segments import read_segments
-    from .summary import format_summary, summarize_telemetry
-
-    table = read_segments(out_dir, "telemetry", TELEMETRY_SAMPLES.arrow())
-    if table.num_rows:
-        click.echo(format_summary(summarize_telemetry(table)))
+    telemetry = load_telemetry(out_dir)
+    if len(telemetry):
+        click.echo(format_summary(summarize_telemetry(telemetry)))
 
 
 @click.group()
@@ -178,17 +175,14 @@ def daemon(rotate: str, retention: str, prom_textfile: Path | None, max_runtime:
 @click.option("--json", "as_json", is_flag=True)
 def summary(directory: Path, as_json: bool) -> None:
     """Per-GPU energy (with method), power and capping of a collection directory."""
-    from toolkit.schemas import TELEMETRY_SAMPLES
-
-    from .segments import read_segments
-    from .summary import format_summary, summarize_telemetry
+    from .summary import format_summary, load_telemetry, summarize_telemetry
 
     if not directory.is_dir():
         raise InputError(directory, "no such collection directory")
-    table = read_segments(directory, "telemetry", TELEMETRY_SAMPLES.arrow())
-    if table.num_rows == 0:
+    telemetry = load_telemetry(directory)
+    if telemetry.empty:
         raise InputError(directory, "holds no telemetry segments")
-    result = summarize_telemetry(table)
+    result = summarize_telemetry(telemetry)
     click.echo(result.to_json(orient="records", indent=2) if as_json else format_summary(result))
 
 

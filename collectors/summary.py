@@ -8,6 +8,24 @@ import pandas as pd
 from .sim_source import REASON_SW_POWER_CAP
 
 
+def load_telemetry(directory) -> pd.DataFrame:
+    """Every telemetry row of a collection directory (finished and live segments)."""
+    from toolkit.schemas import TELEMETRY_SAMPLES
+
+    from .segments import read_segments
+
+    return read_segments(directory, "telemetry", TELEMETRY_SAMPLES.arrow()).to_pandas()
+
+
+def load_windows(directory) -> pd.DataFrame:
+    """Every phase-window row of a collection directory."""
+    from toolkit.schemas import PHASE_WINDOWS
+
+    from .segments import read_segments
+
+    return read_segments(directory, "windows", PHASE_WINDOWS.arrow()).to_pandas()
+
+
 def integrate_power(t_s: np.ndarray, power_w: np.ndarray) -> float | None:
     """Trapezoid integral of power over time, skipping gaps where power is unknown."""
     ok = ~np.isnan(power_w)

@@ -16,11 +16,9 @@ from .html import Report
 
 
 def add_collection(report: Report, directory: Path) -> None:
-    from collectors.segments import read_segments
-    from collectors.summary import summarize_telemetry
-    from toolkit.schemas import PHASE_WINDOWS, TELEMETRY_SAMPLES
+    from collectors.summary import load_telemetry, load_windows, summarize_telemetry
 
-    telemetry = read_segments(directory, "telemetry", TELEMETRY_SAMPLES.arrow()).to_pandas()
+    telemetry = load_telemetry(directory)
     if telemetry.empty:
         raise InputError(directory, "holds no telemetry segments")
     simulated = (telemetry["backend"] == "sim").any()
@@ -31,7 +29,7 @@ def add_collection(report: Report, directory: Path) -> None:
     summary = summarize_telemetry(telemetry)
     report.table(summary.drop(columns=["host"]), "Per GPU: energy and how it was measured (energy_method)", ",.1f")
     report.figure(figures.telemetry_traces(telemetry), "Power and SM clock per GPU")
-    windows = read_segments(directory, "windows", PHASE_WINDOWS.arrow()).to_pandas()
+    windows = load_windows(directory)
     if not windows.empty:
         per_phase = windows.groupby("window", as_index=False).agg(
             windows=("run_id", "size"), gpu_seconds=("duration_s", "sum"), energy_j=("energy_j", "sum"),

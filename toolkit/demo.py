@@ -129,15 +129,14 @@ def _polca(out: Path, bundle: Path) -> None:
     click.echo(f"  [SIMULATED] largest addition within bounds (p99 E2E +5 % high, +50 % low): "
                f"{result['best_servers_added']} of 4 servers")
 
+
 def _collect_simulated(out: Path) -> None:
     """Sample the simulated device through prefill, decode and idle phases (about 4 s)."""
     import time
 
     from collectors.sampler import Sampler
-    from collectors.segments import read_segments
     from collectors.sim_source import SimSource
-    from collectors.summary import format_summary, summarize_telemetry
-    from toolkit.schemas import PHASE_WINDOWS, TELEMETRY_SAMPLES
+    from collectors.summary import format_summary, load_telemetry, load_windows, summarize_telemetry
 
     click.echo("collecting telemetry from the SIMULATED device (2 GPUs, 20 Hz) ...")
     source = SimSource(gpus=2, seed=0)
@@ -148,8 +147,8 @@ def _collect_simulated(out: Path) -> None:
                 source.set_activity(gpu, activity)
             with sampler.window(name, activity=activity):
                 time.sleep(seconds)
-    click.echo(format_summary(summarize_telemetry(read_segments(out, "telemetry", TELEMETRY_SAMPLES.arrow()))))
-    windows = read_segments(out, "windows", PHASE_WINDOWS.arrow()).to_pandas()
+    click.echo(format_summary(summarize_telemetry(load_telemetry(out))))
+    windows = load_windows(out)
     per_phase = windows.groupby("window").agg(energy_j=("energy_j", "sum"), gpu_seconds=("duration_s", "sum"),
                                               methods=("energy_method", lambda m: ",".join(sorted(set(m.dropna())))))
     for name, row in per_phase.iterrows():
