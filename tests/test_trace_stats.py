@@ -58,12 +58,16 @@ def test_cli_prints_19366_for_azure_conv(run_cli):
     assert "19,366" in result.output
 
 
+def azure_frame(seed: int, n: int, mean_gap_s: float, stamp_format: str, max_context: int, max_generated: int) -> pd.DataFrame:
+    """A random Azure-format trace (TIMESTAMP, ContextTokens, GeneratedTokens)."""
+    rng = np.random.default_rng(seed)
+    stamps = pd.Timestamp("2024-05-10 00:00:00") + pd.to_timedelta(np.cumsum(rng.exponential(mean_gap_s, n)), unit="s")
+    return pd.DataFrame({"TIMESTAMP": stamps.strftime(stamp_format),
+                         "ContextTokens": rng.integers(1, max_context, n), "GeneratedTokens": rng.integers(1, max_generated, n)})
+
+
 def test_stats_on_generated_file_match_pandas(write_text):
-    rng = np.random.default_rng(3)
-    n = 500
-    stamps = pd.Timestamp("2024-05-10 00:00:00") + pd.to_timedelta(np.cumsum(rng.exponential(0.3, n)), unit="s")
-    df = pd.DataFrame({"TIMESTAMP": stamps.strftime("%Y-%m-%d %H:%M:%S.%f"),
-                       "ContextTokens": rng.integers(1, 9000, n), "GeneratedTokens": rng.integers(1, 700, n)})
+    df = azure_frame(3, 500, 0.3, "%Y-%m-%d %H:%M:%S.%f", 9000, 700)
     path = write_text("g.csv", df.to_csv(index=False))
     ref = _pandas_reference(df)
     _assert_matches(summarize_trace(read_trace(path)), ref)
@@ -94,11 +98,8 @@ def test_partials_merge_exactly_at_any_split(gaps, split):
 def test_chunked_stats_on_a_dask_distributed_client(write_text):
     from distributed import Client, LocalCluster
 
-    rng = np.random.default_rng(5)
     n = 300
-    stamps = pd.Timestamp("2024-05-10 00:00:00") + pd.to_timedelta(np.cumsum(rng.exponential(0.2, n)), unit="s")
-    df = pd.DataFrame({"TIMESTAMP": stamps.strftime("%Y-%m-%d %H:%M:%S.%f+00:00"),
-                       "ContextTokens": rng.integers(1, 900, n), "GeneratedTokens": rng.integers(1, 90, n)})
+    df = azure_frame(5, n, 0.2, "%Y-%m-%d %H:%M:%S.%f+00:00", 900, 90)
     path = write_text("d.csv", df.to_csv(index=False))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
         stats = finalize(summarize_csv_chunked(path, blocksize=1500, client=client))
