@@ -193,17 +193,29 @@ def summary(directory: Path, as_json: bool) -> None:
 @click.option("--preset", type=click.Choice(["llama3-8b", "llama2-70b", "tiny"]), default="llama3-8b", show_default=True)
 @click.option("--sweep", type=click.Choice(["test", "quick", "full"]), default="quick", show_default=True)
 @click.option("--tp", type=int, default=1, show_default=True, help="Profile one rank of this TP degree.")
+@click.option("--layers", type=click.IntRange(min=1), default=None,
+              help="Run this many of the preset's layers (fits longer KV prefixes); rows name the model "
+                   "e.g. 'llama3-8b[8/32 layers]' so they are never mistaken for the whole model.")
 @click.option("--device", default="cuda:0", show_default=True)
 @click.option("--dtype", default="bfloat16", show_default=True)
 @click.option("--clocks", default="", help="SM clocks to lock, MHz, comma-separated (needs root).")
 @click.option("--power-limits", default="", help="Power limits, W, comma-separated (needs root).")
-@click.option("--repeats", type=int, default=5, show_default=True)
-@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--min-window", "min_window_s", type=click.FloatRange(min=0), default=None,
+              help="Shortest energy window, s: each repeat runs back-to-back iterations to fill it, since NVML's "
+                   "energy counter moves in 20-100 ms steps [default: 1.0 on a GPU, 0 on the CPU].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted sweep from OUTPUT.partial/, skipping its points.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--telemetry", type=click.Path(path_type=Path), default=None, help="Also keep the sampler's telemetry here.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="profile_iterations Parquet.")
-def profile(backend, preset, sweep, tp, device, dtype, clocks, power_limits, repeats, warmup, seed, telemetry, output) -> None:
-    """Profile chunked prefill, decode and mixed iterations over a (c, p, b, k, clock, power limit) sweep."""
+def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_limits, repeats, warmup, min_window_s,
+            resume, seed, telemetry, output) -> None:
+    """Profile chunked prefill, decode and mixed iterations over a (c, p, b, k, clock, power limit) sweep.
+
+    Each finished point is stored durably in OUTPUT.partial/ at once; an interrupted sweep
+    (Ctrl-C, SIGTERM, crash) keeps them there and --resume continues it.
+    """
     from toolkit.parquet_io import atomic_write_table
 
     if backend == "sim":
@@ -213,7 +225,9 @@ def profile(backend, preset, sweep, tp, device, dtype, clocks, power_limits, rep
         atomic_write_table(table, output)
         click.echo(f"wrote {table.num_rows:,} SIMULATED iterations ({preset}, sweep {sweep}) to {output}")
         return
+    from .profile_store import PartialProfile
     from .profiler import run_profile
+    from .workload import shard_label
 
     def numbers(text, name):
         try:
@@ -222,27 +236,68 @@ def profile(backend, preset, sweep, tp, device, dtype, clocks, power_limits, rep
             raise click.BadParameter(f"not a list of numbers: {text!r}", param_hint=name) from None
 
     clock_list, limit_list = numbers(clocks, "--clocks"), numbers(power_limits, "--power-limits")
-    sampler = settings = None
+    if backend == "cpu":
+        device, dtype = "cpu", "float32" if dtype == "bfloat16" else dtype
+    if min_window_s is None:
+        min_window_s = 1.0 if backend == "gpu" else 0.0
+    store = PartialProfile(output, resume, shard_label(preset, layers), tp)
+    sampler = settings = gpu_index = None
     try:
-        if backend == "gpu":
-            from .gpu_settings import GpuSettings
-            from .nvml_source import NvmlSource
-            from .sampler import Sampler
+        with sigterm_as_interrupt():
+            if backend == "gpu":
+                from .gpu_settings import GpuSettings
+                from .nvml_source import NvmlSource
+                from .sampler import Sampler
 
-            sampler = Sampler(NvmlSource(), telemetry, period_s=0.02, flush_s=1.0).start()
-            if clock_list or limit_list:
-                settings = GpuSettings(int(device.split(":")[1]) if ":" in device else 0)
-        else:
-            device = "cpu"
-            if dtype == "bfloat16":
-                dtype = "float32"
-        result = run_profile(preset, sweep, device, dtype, tp, clock_list, limit_list, repeats, warmup, sampler, settings)
+                sampler = Sampler(NvmlSource(), telemetry, period_s=0.02, flush_s=1.0).start()
+                gpu_index = _nvml_index_of(device, sampler.gpus.values())
+                if clock_list or limit_list:
+                    settings = GpuSettings(gpu_index)
+            result = run_profile(preset, sweep, device, dtype, tp, clock_list, limit_list, repeats, warmup, sampler,
+                                 settings, layers=layers, gpu_index=gpu_index, min_window_s=min_window_s,
+                                 done=store.done(), on_point=store.append,
+                                 provenance={"wattlas.command": " ".join(["wattlas", *sys.argv[1:]]),
+                                             "wattlas.driver_version": _driver_version() if backend == "gpu" else "none"})
+    except KeyboardInterrupt:
+        kept = store.suspend()
+        click.echo(f"interrupted: {store.appended} new point(s) kept in {kept}; run the same command with --resume "
+                   "to continue", err=True)
+        sys.exit(130)
     except RuntimeError as exc:
+        store.suspend()
         raise click.ClickException(str(exc)) from None
     finally:
         if sampler is not None:
             sampler.stop()
-    atomic_write_table(result.table, output)
+    table = store.finish(result.table)
     for reason in result.skipped:
         click.echo(f"skipped: {reason}", err=True)
-    click.echo(f"wrote {result.table.num_rows:,} measured iterations ({preset}, {backend}, sweep {sweep}) to {output}")
+    click.echo(f"wrote {table.num_rows:,} measured iterations ({result.table.num_rows:,} new; {preset}, {backend}, "
+               f"sweep {sweep}) to {output}")
+
+
+def _nvml_index_of(device: str, infos) -> int:
+    """NVML index of the CUDA device the workload runs on, joined by UUID."""
+    from .nvml_source import nvml_index_for_uuid
+    from .workload import _torch
+
+    torch = _torch()
+    if not torch.cuda.is_available():
+        raise click.ClickException(f"CUDA is not available to PyTorch {torch.__version__}: use --backend cpu or sim")
+    infos = list(infos)
+    index = nvml_index_for_uuid(str(torch.cuda.get_device_properties(torch.device(device)).uuid), infos)
+    if index is None and len(infos) == 1:
+        index = infos[0].index
+    if index is None:
+        raise click.ClickException(f"cannot match CUDA device {device} to an NVML GPU by UUID")
+    return index
+
+
+def _driver_version() -> str:
+    try:
+        import pynvml
+
+        version = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # provenance only: never fail a sweep over it
+        return "unknown"
+    return version.decode() if isinstance(version, bytes) else str(version)

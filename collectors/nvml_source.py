@@ -262,3 +262,15 @@ class NvmlSource:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def nvml_index_for_uuid(cuda_uuid: str, infos) -> int | None:
+    """The NVML index of the GPU whose UUID is ``cuda_uuid`` (as CUDA/PyTorch print it, with or without
+    NVML's ``GPU-`` prefix).  CUDA and NVML may number GPUs differently (CUDA_VISIBLE_DEVICES,
+    CUDA_DEVICE_ORDER), so the UUID is the only safe join."""
+    def norm(text: str) -> str:
+        text = str(text).strip().lower()
+        return text[4:] if text.startswith("gpu-") else text
+
+    matches = [info.index for info in infos if info.uuid and norm(info.uuid) == norm(cuda_uuid)]
+    return matches[0] if len(matches) == 1 else None

@@ -1,8 +1,12 @@
 """Profiling sweeps of the PyTorch workload: (c, p, b, k) points x GPU clock and power-limit settings.
 
-Each measured iteration is one row of ``profile_iterations``.  On a GPU each repeat runs inside a
-sampler window, so its energy comes from the NVML energy counter (or integrated power) with the
-method recorded; on the CPU (tests, development) energy is null, never 0.
+Each measured repeat is one row of ``profile_iterations``.  On a GPU a repeat runs enough
+back-to-back iterations to fill a sampler window of ``min_window_s`` (NVML's energy counter moves
+in 20-100 ms steps), and the row holds per-iteration latency and energy (window / iterations) with
+the energy method recorded; on the CPU (tests, development) energy is null, never 0.
+
+Rows are handed to ``on_point`` as soon as a point's repeats are done, so a caller can store them
+durably; ``done`` names points already stored (a resumed sweep skips them).
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import sys
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
 
 from toolkit.schemas import PROFILE_ITERATIONS, SIMULATED_KEY
 
-from .workload import LlamaShard, time_iteration
+from .gpu_settings import SettingUnavailable
+from .workload import LlamaShard, measure_point
 
 GRIDS = {
     "test": {"prefill": [(32, 0), (32, 128), (64, 256)], "decode": [(1, 64), (4, 128)], "mixed": [(32, 128, 4, 64)]},
@@ -34,11 +40,21 @@ GRIDS = {
     },
 }
 
+PROFILE_COLUMNS = [c.name for c in PROFILE_ITERATIONS.columns]
 
-@dataclass
-class ProfileResult:
-    table: pa.Table
-    skipped: list[str]
+
+class SweepPoint(NamedTuple):
+    phase: str
+    c: int
+    p: int
+    b: int
+    k: int
+    clock_mhz: float | None  # requested
+    power_limit_w: float | None  # requested
+
+    def describe(self) -> str:
+        return (f"{self.phase:<7} c={self.c:<6} p={self.p:<8} b={self.b:<4} k={self.k:<7} "
+                f"clock={self.clock_mhz} limit={self.power_limit_w}")
 
 
 def points(sweep: str):
@@ -51,70 +67,124 @@ def points(sweep: str):
         yield "mixed", c, p, b, k
 
 
+def completed_points(rows: pd.DataFrame) -> set[SweepPoint]:
+    """The sweep points that ``rows`` (profile_iterations) already hold."""
+    def setting(value):
+        return None if pd.isna(value) else float(value)
+
+    return {SweepPoint(r.phase, int(r.chunk_tokens), int(r.prefix_tokens), int(r.batch_size), int(r.kv_tokens),
+                       setting(r.requested_sm_clock_mhz), setting(r.requested_power_limit_w))
+            for r in rows.itertuples()}
+
+
+@dataclass
+class ProfileResult:
+    table: pa.Table
+    skipped: list[str]
+
+
+def profile_table(rows: list[dict] | pd.DataFrame, provenance: dict[str, str]) -> pa.Table:
+    """``provenance``: how the rows were made (``wattlas.profile`` description, versions, command)."""
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=PROFILE_COLUMNS)
+    meta = {SIMULATED_KEY.decode(): "false", **provenance}
+    return pa.Table.from_pandas(frame[PROFILE_COLUMNS], schema=PROFILE_ITERATIONS.arrow(PROFILE_COLUMNS, meta),
+                                preserve_index=False)
+
+
 def run_profile(preset: str, sweep: str, device: str = "cuda", dtype: str = "bfloat16", tp: int = 1,
                 clocks: list[float | None] | None = None, power_limits: list[float | None] | None = None,
                 repeats: int = 5, warmup: int = 2, sampler=None, settings=None, layers: int | None = None,
+                gpu_index: int | None = None, min_window_s: float = 0.0, done: set[SweepPoint] = frozenset(),
+                on_point: Callable[[pa.Table], None] | None = None, provenance: dict[str, str] | None = None,
                 log=lambda message: print(message, file=sys.stderr)) -> ProfileResult:
+    """Run the sweep; ``gpu_index`` is the NVML index of ``device`` (whose window rows are kept)."""
     model = LlamaShard(preset, tp=tp, device=device, dtype=dtype, layers=layers)
     on_gpu = model.device.type == "cuda"
-    gpu_index = model.device.index or 0
     gpu_name = model.torch.cuda.get_device_name(model.device) if on_gpu else f"CPU ({platform.processor() or platform.machine()})"
+    provenance = {
+        "wattlas.profile": f"PyTorch {model.label} shard tp={tp} {dtype} on {gpu_name}, sweep {sweep}, "
+                           f"energy windows >= {min_window_s} s",
+        "wattlas.torch_version": model.torch.__version__,
+        "wattlas.cuda_version": str(model.torch.version.cuda) if on_gpu else "none",
+        **(provenance or {}),
+    }
     run_id = uuid.uuid4().hex[:12]
-    rows, skipped = [], []
+    out_of_memory = _out_of_memory_errors(model.torch)
+    all_rows, skipped = [], []
     for clock in clocks or [None]:
         for limit in power_limits or [None]:
+            todo = [SweepPoint(*point, clock, limit) for point in points(sweep)]
+            todo = [point for point in todo if point not in done]
+            if not todo:
+                continue
             if (clock or limit) and settings is None:
                 skipped.append(f"clock {clock} / power limit {limit}: no NVML settings access on this backend")
                 continue
             try:
-                context = settings.applied(clock, limit) if (clock or limit) else nullcontext((None, None))
-                with context as applied:
+                with settings.applied(clock, limit) if (clock or limit) else nullcontext((None, None)) as applied:
                     read_clock, read_limit = applied
-                    for phase, c, p, b, k in points(sweep):
-                        windows = []
-
-                        def on_repeat(r, phase=phase, c=c, p=p, b=b, k=k):
-                            if sampler is None:
-                                return None
-                            window = sampler.window("iteration", phase=phase, c=c, p=p, b=b, k=k, repeat=r)
-                            return _Recorder(window, windows, gpu_index)
-
-                        latencies = time_iteration(model, c, p, b, k, warmup, repeats, on_repeat)
-                        if latencies is None:
-                            skipped.append(f"{phase} c={c} p={p} b={b} k={k}: KV does not fit in memory")
+                    for point in todo:
+                        try:
+                            measured = measure_point(model, point.c, point.p, point.b, point.k, warmup, repeats,
+                                                     min_window_s, _window_factory(sampler, point, gpu_index))
+                            reason = "KV does not fit in memory"
+                        except out_of_memory:
+                            measured, reason = None, "out of memory"
+                        if measured is None:
+                            skipped.append(f"{point.describe()}: {reason}")
+                            log(f"{point.describe()}: skipped, {reason}")
                             continue
-                        for r, latency in enumerate(latencies):
-                            energy = windows[r] if r < len(windows) else {}
-                            rows.append({
-                                "run_id": run_id, "backend": "gpu" if on_gpu else "cpu", "gpu_name": gpu_name,
-                                "model": preset, "phase": phase, "chunk_tokens": c, "prefix_tokens": p,
-                                "batch_size": b, "kv_tokens": k, "tp": tp, "sm_clock_mhz": read_clock,
-                                "power_limit_w": read_limit, "repeat": r, "latency_s": latency,
-                                "energy_j": energy.get("energy_j"), "energy_method": energy.get("energy_method"),
-                                "mean_power_w": energy.get("mean_power_w"), "peak_power_w": energy.get("peak_power_w"),
-                            })
-                        log(f"{phase:<7} c={c:<6} p={p:<8} b={b:<4} k={k:<7} clock={read_clock} limit={read_limit}: "
-                            f"median {sorted(latencies)[len(latencies) // 2] * 1000:.3f} ms")
-            except Exception as exc:  # a setting NVML refused: skip it, keep the rest
-                from .gpu_settings import SettingUnavailable
-
-                if not isinstance(exc, SettingUnavailable):
-                    raise
+                        rows = [{
+                            "run_id": run_id, "backend": "gpu" if on_gpu else "cpu", "gpu_name": gpu_name,
+                            "model": model.label, "phase": point.phase, "chunk_tokens": point.c,
+                            "prefix_tokens": point.p, "batch_size": point.b, "kv_tokens": point.k, "tp": tp,
+                            "sm_clock_mhz": read_clock, "power_limit_w": read_limit,
+                            "requested_sm_clock_mhz": clock, "requested_power_limit_w": limit,
+                            "repeat": r, "iterations_per_repeat": m.iterations, "latency_s": m.latency_s,
+                            **_per_iteration_energy(m.energy, m.iterations),
+                        } for r, m in enumerate(measured)]
+                        all_rows.extend(rows)
+                        if on_point is not None:
+                            on_point(profile_table(rows, provenance))
+                        latencies = sorted(m.latency_s for m in measured)
+                        log(f"{point.describe()}: median {latencies[len(latencies) // 2] * 1000:.3f} ms "
+                            f"({measured[0].iterations} iterations/repeat)")
+            except SettingUnavailable as exc:  # a setting NVML refused: skip it, keep the rest
                 skipped.append(str(exc))
                 log(f"skipped: {exc}")
-    meta = {SIMULATED_KEY.decode(): "false", "wattlas.profile": f"PyTorch {preset} shard tp={tp} {dtype} on {gpu_name}, sweep {sweep}"}
-    names = [c.name for c in PROFILE_ITERATIONS.columns]
-    frame = pd.DataFrame(rows, columns=names)
-    return ProfileResult(pa.Table.from_pandas(frame, schema=PROFILE_ITERATIONS.arrow(names, meta), preserve_index=False), skipped)
+    return ProfileResult(profile_table(all_rows, provenance), skipped)
+
+
+def _window_factory(sampler, point: SweepPoint, gpu_index: int | None):
+    if sampler is None:
+        return None
+    attrs = dict(phase=point.phase, c=point.c, p=point.p, b=point.b, k=point.k,
+                 clock=point.clock_mhz, limit=point.power_limit_w)
+    return lambda: _Recorder(sampler.window("iteration", **attrs), gpu_index)
+
+
+def _per_iteration_energy(window_row: dict, iterations: int) -> dict:
+    energy = window_row.get("energy_j")
+    return {
+        "energy_j": energy / iterations if energy is not None else None,
+        "energy_method": window_row.get("energy_method"),
+        "mean_power_w": window_row.get("mean_power_w"),  # the window's average: unchanged by dividing
+        "peak_power_w": window_row.get("peak_power_w"),
+    }
+
+
+def _out_of_memory_errors(torch) -> tuple[type[BaseException], ...]:
+    error = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (error,) if error is not None else ()
 
 
 class _Recorder:
-    """Enter/exit a sampler window and keep the profiled GPU's energy row of it."""
+    """Enter/exit a sampler window; afterwards ``row`` is the profiled GPU's energy row of it."""
 
-    def __init__(self, window_cm, sink: list, gpu_index: int) -> None:
+    def __init__(self, window_cm, gpu_index: int | None) -> None:
         self.cm = window_cm
-        self.sink = sink
         self.gpu_index = gpu_index
+        self.row: dict = {}
 
     def __enter__(self):
         self.window = self.cm.__enter__()
@@ -122,7 +192,5 @@ class _Recorder:
 
     def __exit__(self, *exc):
         self.cm.__exit__(*exc)
-        rows = [r for r in (self.window.rows or []) if r["gpu_index"] == self.gpu_index]
-        self.sink.append(rows[0] if rows else {})
-
-
+        rows = [r for r in (self.window.rows or []) if self.gpu_index is None or r["gpu_index"] == self.gpu_index]
+        self.row = rows[0] if len(rows) == 1 else {}

@@ -118,6 +118,7 @@ def simulate_profile(preset: str = "llama3-8b", sweep: str = "quick", repeats: i
     frame = frame.assign(
         run_id=f"sim-{preset}-{sweep}-{seed}", backend="sim", gpu_name=hw.gpu.name, model=preset,
         sm_clock_mhz=frame.sm_clock_mhz.astype("float64"), power_limit_w=hw.gpu.power_limit_w,
+        requested_sm_clock_mhz=frame.sm_clock_mhz.astype("float64"), requested_power_limit_w=None, iterations_per_repeat=1,
         latency_s=latency, mean_power_w=power, peak_power_w=power * 1.03, energy_j=power * latency * frame.tp,
         energy_method="simulated_model",
     )

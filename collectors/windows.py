@@ -8,7 +8,10 @@ processes) cost no history: each GPU keeps only its previous observation.
 
 Per GPU and window: ``energy_method`` is ``counter`` when the NVML energy counter was read at both
 edges and did not go backwards (driver reload), else ``integrated_power`` when power was
-observed, else energy is null.
+observed, else energy is null.  The counter itself only moves every 20-100 ms, so windows shorter
+than ``COUNTER_STEP_S`` use integrated power (read at their edges) when power is observed, and
+windows not much longer are still quantized: measure short work by repeating it inside one window
+(the profiler does).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import bisect
 import itertools
 import json
 from dataclasses import dataclass, field
+
+
+COUNTER_STEP_S = 0.1  # the slowest update period of NVML's energy counter seen on Volta to Hopper
 
 
 @dataclass
@@ -186,9 +192,14 @@ class WindowTracker:
             window.samples[gpu] = len(powers)
         duration = window.end - window.start
         energy, method = None, None
-        if a.counter is not None and b.counter is not None and b.counter >= a.counter:
+        counter_ok = a.counter is not None and b.counter is not None and b.counter >= a.counter
+        integral_ok = a.integral is not None and b.integral is not None
+        # The counter moves in steps of up to COUNTER_STEP_S: a shorter window reads zero or a whole
+        # step (kilowatts over a millisecond), so there power read at its edges is the better figure.
+        counter_too_coarse = integral_ok and duration < COUNTER_STEP_S
+        if counter_ok and not counter_too_coarse:
             energy, method = b.counter - a.counter, "counter"
-        elif a.integral is not None and b.integral is not None:
+        elif integral_ok:
             energy, method = b.integral - a.integral, "integrated_power"
         return {
             "run_id": self.run_id,

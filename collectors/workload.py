@@ -5,21 +5,28 @@ One *iteration* is a model step over
 
 * a prefill chunk of ``c`` tokens attending to a KV prefix of ``p`` tokens,
 * ``b`` decode sequences each attending to ``k`` cached tokens,
-* or both at once (a Sarathi/Mnemosyne mixed batch: linear layers run on the c + b tokens together).
+* or both at once (a Sarathi/Mnemosyne mixed batch: linear layers run on the c + b tokens together),
 
-``tp`` shards the model as one tensor-parallel rank would hold it (heads and FFN divided by tp);
-the all-reduces between ranks are not executed (a single GPU is profiled).  Attention uses
+followed by the LM head on the tokens that sample (the chunk's last token and each decode).
+
+``tp`` shards the model as one tensor-parallel rank would hold it (heads, FFN and vocabulary
+divided by tp); the all-reduces between ranks are not executed (a single GPU is profiled).
+
+The KV cache is allocated once per point with room for the iteration's new tokens, and each
+layer writes its new K/V into that room in place before attending to the filled prefix - as a
+serving engine's cache does.  (Concatenating prefix and chunk instead would copy the whole prefix
+every layer and roughly triple the memory traffic at long prefixes.)  Attention uses
 ``scaled_dot_product_attention`` with grouped KV heads; the chunk attends to prefix and chunk
 without the intra-chunk causal mask (the mask changes at most c^2/2 of the c*(p+c) score work,
-and avoids a c x (p+c) mask tensor at million-token prefixes).  KV tensors are allocated per
-point; a point whose KV does not fit in memory is reported as skipped, not run.
+and avoids a c x (p+c) mask tensor at million-token prefixes).  A point whose KV does not fit in
+memory is reported as skipped, not run.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .sim_profile import PRESETS, ModelShape
 
@@ -32,7 +39,7 @@ def _torch():
     return torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShardShape:
     layers: int
     hidden: int
@@ -40,15 +47,31 @@ class ShardShape:
     kv_heads: int
     head_dim: int
     ffn: int
+    vocab: int
 
     @classmethod
     def of(cls, shape: ModelShape, tp: int) -> "ShardShape":
         if shape.heads % tp or shape.kv_heads % tp and shape.kv_heads >= tp or shape.ffn % tp:
             raise ValueError(f"{shape.name} does not shard evenly over tp={tp}")
-        return cls(shape.layers, shape.hidden, shape.heads // tp, max(1, shape.kv_heads // tp), shape.head_dim, shape.ffn // tp)
+        return cls(shape.layers, shape.hidden, shape.heads // tp, max(1, shape.kv_heads // tp), shape.head_dim,
+                   shape.ffn // tp, math.ceil(shape.vocab / tp))
 
     def kv_bytes(self, tokens: int, dtype_bytes: int) -> int:
         return 2 * self.layers * tokens * self.kv_heads * self.head_dim * dtype_bytes
+
+
+@dataclass
+class KvCache:
+    """Per-layer K and V of shape (batch, kv_heads, filled + room, head_dim); ``filled`` tokens are valid."""
+
+    layers: list
+    filled: int
+
+
+def shard_label(preset: str, layers: int | None) -> str:
+    """The model name profile rows carry: a shard with fewer layers than the preset is another model."""
+    full = PRESETS[preset].layers
+    return preset if layers is None or layers == full else f"{preset}[{layers}/{full} layers]"
 
 
 class LlamaShard:
@@ -56,27 +79,33 @@ class LlamaShard:
                  seed: int = 0, layers: int | None = None) -> None:
         torch = _torch()
         self.torch = torch
-        self.shape = ShardShape.of(PRESETS[preset], tp)
-        if layers is not None:
-            self.shape.layers = layers
+        self.preset = preset
+        full = ShardShape.of(PRESETS[preset], tp)
+        self.shape = full if layers is None else replace(full, layers=layers)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
+        # Random numbers are drawn on the device: drawing 8 B weights on the CPU takes minutes.
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         s = self.shape
         q_out = s.heads * s.head_dim
         kv_out = s.kv_heads * s.head_dim
 
         def weight(rows, cols):
-            return (torch.randn(rows, cols, generator=gen) / math.sqrt(rows)).to(self.device, self.dtype)
+            return torch.randn(rows, cols, generator=gen, device=self.device, dtype=self.dtype) / math.sqrt(rows)
+
+        def ones():
+            return torch.ones(s.hidden, device=self.device, dtype=self.dtype)
 
         self.layers = [{
-            "norm1": torch.ones(s.hidden, device=self.device, dtype=self.dtype),
-            "qkv": weight(s.hidden, q_out + 2 * kv_out),
-            "o": weight(q_out, s.hidden),
-            "norm2": torch.ones(s.hidden, device=self.device, dtype=self.dtype),
-            "gate_up": weight(s.hidden, 2 * s.ffn),
-            "down": weight(s.ffn, s.hidden),
+            "norm1": ones(), "qkv": weight(s.hidden, q_out + 2 * kv_out), "o": weight(q_out, s.hidden),
+            "norm2": ones(), "gate_up": weight(s.hidden, 2 * s.ffn), "down": weight(s.ffn, s.hidden),
         } for _ in range(s.layers)]
+        self.final_norm = ones()
+        self.lm_head = weight(s.hidden, s.vocab)
+
+    @property
+    def label(self) -> str:
+        return shard_label(self.preset, self.shape.layers)
 
     # ------------------------------------------------------------------ pieces
     def _rms(self, x, w):
@@ -92,18 +121,25 @@ class LlamaShard:
         free, _ = self.torch.cuda.mem_get_info(self.device)
         return need < free * headroom
 
-    def make_kv(self, batch: int, tokens: int):
+    def make_kv(self, batch: int, filled: int, room: int) -> KvCache:
+        """A cache of ``filled`` random tokens per sequence with ``room`` free slots after them."""
         s, torch = self.shape, self.torch
-        return [(torch.randn(batch, s.kv_heads, tokens, s.head_dim, device=self.device, dtype=self.dtype),
-                 torch.randn(batch, s.kv_heads, tokens, s.head_dim, device=self.device, dtype=self.dtype))
-                for _ in range(s.layers)]
+        shape = (batch, s.kv_heads, filled + room, s.head_dim)
+        return KvCache([(torch.randn(shape, device=self.device, dtype=self.dtype),
+                         torch.randn(shape, device=self.device, dtype=self.dtype)) for _ in range(s.layers)], filled)
 
     # ------------------------------------------------------------------ one iteration
-    def step(self, c: int, prefix_kv, b: int, decode_kv) -> None:
-        """One model iteration: a chunk of c tokens (after ``prefix_kv``) and/or b decodes (``decode_kv``)."""
+    def step(self, c: int, prefix: KvCache | None, b: int, decode: KvCache | None):
+        """One model iteration: a chunk of c tokens (after ``prefix``) and/or b decodes (against ``decode``).
+
+        New K/V go into the caches' free room, which is overwritten by every repeat: the cache
+        length stays fixed so that repeats of one point measure the same work.
+        """
         torch, s = self.torch, self.shape
         x = torch.randn(c + b, s.hidden, device=self.device, dtype=self.dtype)
         q_out, kv_out = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        p = prefix.filled if prefix is not None else 0
+        k = decode.filled if decode is not None else 0
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer["norm1"]) @ layer["qkv"]
             q, k_new, v_new = h.split([q_out, kv_out, kv_out], dim=-1)
@@ -112,44 +148,90 @@ class LlamaShard:
                 qc = q[:c].view(1, c, s.heads, s.head_dim).transpose(1, 2)
                 kc = k_new[:c].view(1, c, s.kv_heads, s.head_dim).transpose(1, 2)
                 vc = v_new[:c].view(1, c, s.kv_heads, s.head_dim).transpose(1, 2)
-                if prefix_kv is not None:
-                    kp, vp = prefix_kv[i]
-                    kc, vc = torch.cat([kp, kc], dim=2), torch.cat([vp, vc], dim=2)
+                if prefix is not None:
+                    kp, vp = prefix.layers[i]
+                    kp[:, :, p:p + c] = kc
+                    vp[:, :, p:p + c] = vc
+                    kc, vc = kp[:, :, :p + c], vp[:, :, :p + c]
                 outs.append(self._attention(qc, kc, vc).transpose(1, 2).reshape(c, q_out))
             if b:
                 qd = q[c:].view(b, 1, s.heads, s.head_dim).transpose(1, 2)
-                kd, vd = decode_kv[i]
-                outs.append(self._attention(qd, kd, vd).transpose(1, 2).reshape(b, q_out))
+                kd, vd = decode.layers[i]
+                kd[:, :, k] = k_new[c:].view(b, s.kv_heads, s.head_dim)
+                vd[:, :, k] = v_new[c:].view(b, s.kv_heads, s.head_dim)
+                outs.append(self._attention(qd, kd[:, :, :k + 1], vd[:, :, :k + 1]).transpose(1, 2).reshape(b, q_out))
             x = x + torch.cat(outs) @ layer["o"]
             gate, up = (self._rms(x, layer["norm2"]) @ layer["gate_up"]).chunk(2, dim=-1)
             x = x + (torch.nn.functional.silu(gate) * up) @ layer["down"]
+        sampled = x[c - 1:] if c else x  # the chunk's last token and every decode produce logits
+        return self._rms(sampled, self.final_norm) @ self.lm_head
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
 
+    def release(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
 
-def time_iteration(model: LlamaShard, c: int, p: int, b: int, k: int, warmup: int, repeats: int, on_repeat=None):
-    """Latencies (s) of ``repeats`` iterations after ``warmup``; None when the KV would not fit."""
-    if not model.kv_fits(p + b * k):
+
+@dataclass(frozen=True)
+class Repeat:
+    """One measured repeat: ``iterations`` back-to-back iterations inside one energy window."""
+
+    latency_s: float  # per iteration: the repeat's wall time / iterations
+    iterations: int
+    energy: dict  # the window's row for the profiled GPU ({} when no sampler)
+
+
+def iterations_per_window(estimate_s: float, min_window_s: float) -> int:
+    """Back-to-back iterations that fill ``min_window_s`` (NVML's energy counter moves every 20-100 ms,
+    so a window much shorter than that reads mostly quantization)."""
+    if min_window_s <= 0 or estimate_s <= 0:
+        return 1
+    return max(1, math.ceil(min_window_s / estimate_s))
+
+
+def measure_point(model: LlamaShard, c: int, p: int, b: int, k: int, warmup: int, repeats: int,
+                  min_window_s: float = 0.0, window=None) -> list[Repeat] | None:
+    """Measure one (c, p, b, k) point; None when its KV would not fit.
+
+    ``window()`` (optional) returns a context manager whose ``__exit__`` yields the energy row of
+    the repeat it enclosed (see ``profiler``); each repeat runs enough iterations to fill
+    ``min_window_s``, estimated from the warm-up iterations.
+    """
+    if not model.kv_fits(p + b * (k + 1) + c):
         return None
-    prefix = model.make_kv(1, p) if c and p else None
-    decode = model.make_kv(b, k) if b else None
-    for _ in range(warmup):
-        model.step(c, prefix, b, decode)
-    model.synchronize()
-    latencies = []
-    for r in range(repeats):
-        context = on_repeat(r) if on_repeat else None
-        if context is not None:
-            context.__enter__()
+    prefix = model.make_kv(1, p, c) if c and p else None
+    decode = model.make_kv(b, k, 1) if b else None
+    def timed(iterations: int) -> float:
         start = time.perf_counter()
-        model.step(c, prefix, b, decode)
+        for _ in range(iterations):
+            model.step(c, prefix, b, decode)
         model.synchronize()
-        latencies.append(time.perf_counter() - start)
-        if context is not None:
-            context.__exit__(None, None, None)
-    del prefix, decode
-    if model.device.type == "cuda":
-        model.torch.cuda.empty_cache()
-    return latencies
+        return (time.perf_counter() - start) / iterations
+
+    try:
+        estimate = timed(max(1, warmup))  # at least one: it also sizes the windows
+        if min_window_s > 0:  # warm-up includes first-call costs; refine on ~1/4 window of steady state
+            estimate = timed(iterations_per_window(estimate, min_window_s / 4))
+        n = iterations_per_window(estimate, min_window_s)
+        measured = []
+        for _ in range(repeats):
+            recorder = window() if window is not None else None
+            if recorder is not None:
+                recorder.__enter__()
+            start = time.perf_counter()
+            for _ in range(n):
+                model.step(c, prefix, b, decode)
+            model.synchronize()
+            elapsed = time.perf_counter() - start
+            energy = {}
+            if recorder is not None:
+                recorder.__exit__(None, None, None)
+                energy = recorder.row
+            measured.append(Repeat(elapsed / n, n, energy))
+        return measured
+    finally:
+        prefix = decode = None  # free the KV before the next point allocates its own
+        model.release()

@@ -8,6 +8,7 @@ Constants and error classes come from the real module; device functions are the 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ class FakeGpu:
     calls: dict[str, int] = field(default_factory=dict)
     reads: int = 0
     integral: tuple[float, float] = (0.0, 5e8)  # (seconds since init, mJ)
+    counter_step_s: float | None = None  # the energy counter only moves every this many seconds (20-100 ms on real GPUs)
 
 
 def _err(code):
@@ -75,7 +77,11 @@ class FakeNVML:
     def energy_mj(self, gpu: FakeGpu) -> float:
         """Integral of the power function (midpoint rule, <= 1 ms steps) in mJ, from a nonzero base."""
         t = self._t()
+        if gpu.counter_step_s:
+            t = math.floor(t / gpu.counter_step_s) * gpu.counter_step_s
         last_t, energy = gpu.integral
+        if t <= last_t:
+            return energy
         steps = max(1, int((t - last_t) / 0.001))
         dt = (t - last_t) / steps
         energy += sum(gpu.power_w(last_t + (i + 0.5) * dt) for i in range(steps)) * dt * 1000.0

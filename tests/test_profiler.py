@@ -42,13 +42,137 @@ def test_cpu_profile_sweep_writes_valid_iterations(run_cli, tmp_path):
 
 def test_workload_cost_grows_with_prefix_and_kv():
     torch = pytest.importorskip("torch")
-    from collectors.workload import LlamaShard, time_iteration
+    from collectors.workload import LlamaShard, measure_point
 
     torch.manual_seed(0)
     model = LlamaShard("tiny", device="cpu", dtype="float32", layers=2)
-    short = min(time_iteration(model, 64, 0, 0, 0, 1, 5))
-    long = min(time_iteration(model, 64, 16384, 0, 0, 1, 5))
+    short = min(m.latency_s for m in measure_point(model, 64, 0, 0, 0, 1, 5))
+    long = min(m.latency_s for m in measure_point(model, 64, 16384, 0, 0, 1, 5))
     assert long > short  # attending to a 16 K prefix costs more than none
+
+
+def test_new_kv_is_written_in_place_after_the_prefix_which_stays_intact():
+    torch = pytest.importorskip("torch")
+    from collectors.workload import LlamaShard
+
+    model = LlamaShard("tiny", device="cpu", dtype="float32", layers=2)
+    prefix, decode = model.make_kv(1, 100, 16), model.make_kv(3, 50, 1)
+    before = [(k.clone(), v.clone()) for k, v in prefix.layers]
+    decode_before = [k.clone() for k, _ in decode.layers]
+    logits = model.step(16, prefix, 3, decode)
+    assert logits.shape == (1 + 3, model.shape.vocab)  # the chunk's last token and each decode sample
+    for (k0, v0), (k1, v1), d0, (d1, _) in zip(before, prefix.layers, decode_before, decode.layers):
+        assert torch.equal(k0[:, :, :100], k1[:, :, :100]) and torch.equal(v0[:, :, :100], v1[:, :, :100])
+        assert not torch.equal(k0[:, :, 100:], k1[:, :, 100:])  # the chunk's K landed in the room
+        assert torch.equal(d0[:, :, :50], d1[:, :, :50]) and not torch.equal(d0[:, :, 50], d1[:, :, 50])
+
+
+def test_the_chunk_attends_to_exactly_the_prefix_followed_by_its_own_keys():
+    torch = pytest.importorskip("torch")
+    from collectors.workload import LlamaShard
+
+    model = LlamaShard("tiny", device="cpu", dtype="float64", layers=1)
+    s = model.shape
+    prefix = model.make_kv(1, 40, 8)
+    k_prefix = prefix.layers[0][0][:, :, :40].clone()
+    seen = []
+    real_attention = model._attention
+    model._attention = lambda q, k, v: seen.append(k.clone()) or real_attention(q, k, v)
+    torch.manual_seed(1)
+    model.step(8, prefix, 0, None)
+    torch.manual_seed(1)  # the step's input, drawn again
+    x = torch.randn(8, s.hidden, dtype=torch.float64)
+    q_out, kv_out = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    k_chunk = (model._rms(x, model.layers[0]["norm1"]) @ model.layers[0]["qkv"])[:, q_out:q_out + kv_out]
+    expected = torch.cat([k_prefix, k_chunk.view(1, 8, s.kv_heads, s.head_dim).transpose(1, 2)], dim=2)
+    assert len(seen) == 1 and torch.allclose(seen[0], expected)
+
+
+@pytest.mark.parametrize("estimate, window, expected", [(0.01, 1.0, 100), (0.3, 1.0, 4), (2.0, 1.0, 1), (0.01, 0.0, 1)])
+def test_iterations_fill_the_energy_window(estimate, window, expected):
+    from collectors.workload import iterations_per_window
+
+    assert iterations_per_window(estimate, window) == expected
+
+
+def test_profile_energy_per_iteration_survives_a_coarse_energy_counter(tmp_path):
+    """NVML's counter moves in steps (here 50 ms); iterations of ~1 ms need windows of many iterations."""
+    pytest.importorskip("torch")
+    from collectors.nvml_source import NvmlSource
+    from collectors.profiler import run_profile
+    from collectors.sampler import Sampler
+
+    source = NvmlSource(FakeNVML([FakeGpu(power_w=lambda t: 300.0, counter_step_s=0.05)]))
+    with Sampler(source, tmp_path, period_s=0.02, flush_s=0.5) as sampler:
+        result = run_profile("tiny", "test", device="cpu", dtype="float32", repeats=1, warmup=1, sampler=sampler,
+                             gpu_index=0, min_window_s=0.8, log=lambda m: None)
+    frame = result.table.to_pandas()
+    assert len(frame) == 6 and (frame["iterations_per_repeat"] > 1).all()
+    assert (frame["energy_method"] == "counter").all()
+    # true energy is 300 W x latency; one 50 ms counter step is about 6 % of a 0.8 s window
+    error = frame["energy_j"] / (300.0 * frame["latency_s"]) - 1.0
+    assert error.abs().max() < 0.1, error.describe()
+    assert ((frame["mean_power_w"] - 300.0).abs() < 30).all()
+
+
+def test_a_window_shorter_than_a_counter_step_uses_integrated_power(tmp_path):
+    from collectors.nvml_source import NvmlSource
+    from collectors.sampler import Sampler
+
+    source = NvmlSource(FakeNVML([FakeGpu(power_w=lambda t: 300.0, counter_step_s=10.0)]))
+    with Sampler(source, tmp_path, period_s=0.01, flush_s=0.5) as sampler:
+        with sampler.window("short") as window:
+            import time
+
+            time.sleep(0.05)
+    row = window.rows[0]
+    assert row["energy_method"] == "integrated_power"
+    assert row["energy_j"] == pytest.approx(300.0 * row["duration_s"], rel=0.05)
+
+
+def test_interrupted_sweep_keeps_finished_points_and_resumes(run_cli, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import collectors.profiler as profiler
+    from toolkit.parquet_io import read_artifact
+    from toolkit.schemas import PROFILE_ITERATIONS
+
+    out = tmp_path / "p.parquet"
+    real_measure = profiler.measure_point
+    calls = []
+
+    def interrupted_after_three(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what SIGTERM becomes under sigterm_as_interrupt
+        calls.append(args[1:5])
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(profiler, "measure_point", interrupted_after_three)
+    args = ["collect", "profile", "--backend", "cpu", "--preset", "tiny", "--sweep", "test", "--repeats", "1",
+            "--warmup", "1", "-o", out]
+    first = run_cli(*args)
+    assert first.exit_code == 130 and "--resume" in first.output
+    assert not out.exists() and (tmp_path / "p.parquet.partial").is_dir()
+
+    again = run_cli(*args)  # without --resume the kept points are not silently overwritten
+    assert again.exit_code != 0 and "--resume" in again.output
+
+    monkeypatch.setattr(profiler, "measure_point", real_measure)
+    resumed = run_cli(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    frame = read_artifact(out, PROFILE_ITERATIONS).to_pandas()
+    assert len(frame) == 6 and frame[["phase", "chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens"]].duplicated().sum() == 0
+    assert frame["run_id"].nunique() == 2  # three points from each run
+    assert not (tmp_path / "p.parquet.partial").exists()
+
+
+def test_cuda_devices_join_nvml_by_uuid_not_by_index():
+    from collectors.nvml_source import nvml_index_for_uuid
+    from collectors.source import GpuInfo
+
+    infos = [GpuInfo(0, "GPU-aaaa-1111", "H100"), GpuInfo(1, "GPU-bbbb-2222", "H100")]
+    assert nvml_index_for_uuid("bbbb-2222", infos) == 1  # as PyTorch prints it: no "GPU-" prefix
+    assert nvml_index_for_uuid("GPU-AAAA-1111", infos) == 0
+    assert nvml_index_for_uuid("cccc", infos) is None
 
 
 def test_gpu_settings_without_nvml_access_are_skipped():
