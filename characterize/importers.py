@@ -109,9 +109,15 @@ def from_mlenergy(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     }))
 
 
-def from_profile(table) -> pd.DataFrame:
+def from_profile(table, path: Path | None = None) -> pd.DataFrame:
     frame = table.to_pandas()
     frame["source_row"] = np.arange(1, len(frame) + 1)
+    if "power_capped_share" in frame:
+        capped = frame["power_capped_share"].fillna(0) > 0.05
+        if capped.any():  # such a row ran below its locked clock: it is not a model of that clock
+            warnings.warn(f"{path or 'profile'}: {int(capped.sum())} rows ran power-capped (first: row "
+                          f"{int(frame.loc[capped, 'source_row'].iloc[0])}, column power_capped_share); their SM "
+                          "clock was below sm_clock_mhz (see observed_sm_clock_mhz)", stacklevel=2)
     return _finish(frame)
 
 
@@ -132,7 +138,7 @@ def load_measurements(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
     if not path.exists():
         raise InputError(path, "no such file")
     if path.suffix == ".parquet" or fmt == "wattlas":
-        return from_profile(read_artifact(path, PROFILE_ITERATIONS))
+        return from_profile(read_artifact(path, PROFILE_ITERATIONS), path)
     try:
         raw = pd.read_csv(path)
     except UnicodeDecodeError:

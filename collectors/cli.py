@@ -249,6 +249,7 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
                 from .nvml_source import NvmlSource
                 from .sampler import Sampler
 
+                telemetry = telemetry or store.directory / "telemetry"  # kept for the join, then dropped with it
                 sampler = Sampler(NvmlSource(), telemetry, period_s=0.02, flush_s=1.0).start()
                 gpu_index = _nvml_index_of(device, sampler.gpus.values())
                 if clock_list or limit_list:
@@ -269,7 +270,7 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
     finally:
         if sampler is not None:
             sampler.stop()
-    table = store.finish(result.table)
+    table = store.finish(result.table, functools.partial(_with_telemetry, telemetry) if sampler is not None else None)
     for reason in result.skipped:
         click.echo(f"skipped: {reason}", err=True)
     click.echo(f"wrote {table.num_rows:,} measured iterations ({result.table.num_rows:,} new; {preset}, {backend}, "
@@ -291,6 +292,13 @@ def _nvml_index_of(device: str, infos) -> int:
     if index is None:
         raise click.ClickException(f"cannot match CUDA device {device} to an NVML GPU by UUID")
     return index
+
+
+def _with_telemetry(telemetry_dir: Path, rows):
+    from .profile_join import join_window_telemetry
+    from .summary import load_telemetry
+
+    return join_window_telemetry(rows, load_telemetry(telemetry_dir))
 
 
 def _driver_version() -> str:

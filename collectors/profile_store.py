@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -47,15 +48,15 @@ class PartialProfile:
         self.writer.append(table)
         self.appended += 1
 
-    def finish(self, new_rows: pa.Table) -> pa.Table:
-        """Write previous and new rows to the output atomically, then drop the partial directory."""
+    def finish(self, new_rows: pa.Table, enrich: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pa.Table:
+        """Write previous and new rows (through ``enrich``) to the output atomically, then drop the partial directory."""
         self.writer.close()
         provenance = {k.decode(): v.decode() for k, v in (new_rows.schema.metadata or {}).items()
                       if k.startswith(b"wattlas.") and k not in (SCHEMA_KEY, VERSION_KEY, SIMULATED_KEY)}
         if len(self.previous):
             provenance["wattlas.resumed_from_runs"] = ",".join(sorted(self.previous["run_id"].unique()))
         frame = pd.concat([self.previous, new_rows.to_pandas()], ignore_index=True) if len(self.previous) else new_rows.to_pandas()
-        table = profile_table(frame, provenance)
+        table = profile_table(enrich(frame) if enrich is not None else frame, provenance)
         atomic_write_table(table, self.output)
         shutil.rmtree(self.directory)
         return table

@@ -87,7 +87,7 @@ def profile_table(rows: list[dict] | pd.DataFrame, provenance: dict[str, str]) -
     """``provenance``: how the rows were made (``wattlas.profile`` description, versions, command)."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=PROFILE_COLUMNS)
     meta = {SIMULATED_KEY.decode(): "false", **provenance}
-    return pa.Table.from_pandas(frame[PROFILE_COLUMNS], schema=PROFILE_ITERATIONS.arrow(PROFILE_COLUMNS, meta),
+    return pa.Table.from_pandas(frame.reindex(columns=PROFILE_COLUMNS), schema=PROFILE_ITERATIONS.arrow(PROFILE_COLUMNS, meta),
                                 preserve_index=False)
 
 
@@ -141,7 +141,7 @@ def run_profile(preset: str, sweep: str, device: str = "cuda", dtype: str = "bfl
                             "sm_clock_mhz": read_clock, "power_limit_w": read_limit,
                             "requested_sm_clock_mhz": clock, "requested_power_limit_w": limit,
                             "repeat": r, "iterations_per_repeat": m.iterations, "latency_s": m.latency_s,
-                            **_per_iteration_energy(m.energy, m.iterations),
+                            "gpu_index": gpu_index if sampler is not None else None, **_per_iteration_energy(m.energy, m.iterations),
                         } for r, m in enumerate(measured)]
                         all_rows.extend(rows)
                         if on_point is not None:
@@ -170,6 +170,8 @@ def _per_iteration_energy(window_row: dict, iterations: int) -> dict:
         "energy_method": window_row.get("energy_method"),
         "mean_power_w": window_row.get("mean_power_w"),  # the window's average: unchanged by dividing
         "peak_power_w": window_row.get("peak_power_w"),
+        "window_start_wall_s": window_row.get("start_wall_s"),
+        "window_end_wall_s": window_row.get("end_wall_s"),
     }
 
 

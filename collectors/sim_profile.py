@@ -124,4 +124,4 @@ def simulate_profile(preset: str = "llama3-8b", sweep: str = "quick", repeats: i
     )
     meta = {SIMULATED_KEY.decode(): "true", "wattlas.profile": f"simulated roofline, preset {preset}, sweep {sweep}"}
     names = [c.name for c in PROFILE_ITERATIONS.columns]
-    return pa.Table.from_pandas(frame[names], schema=PROFILE_ITERATIONS.arrow(names, meta), preserve_index=False)
+    return pa.Table.from_pandas(frame.reindex(columns=names), schema=PROFILE_ITERATIONS.arrow(names, meta), preserve_index=False)

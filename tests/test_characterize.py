@@ -178,3 +178,24 @@ def test_rows_without_latency_are_left_out_with_a_warning_naming_the_row(write_t
     with pytest.warns(UserWarning, match=r"perf.csv: 1 rows .* \(first: row 2, column latency\)"):
         frame = load_measurements(path)
     assert len(frame) == 5  # 3 prefill + 2 decode rows
+
+
+def test_power_capped_profile_rows_are_flagged_on_import(tmp_path):
+    from characterize.importers import load_measurements
+    from collectors.sim_profile import simulate_profile
+    from toolkit.parquet_io import atomic_write_table
+
+    frame = simulate_profile("llama3-8b", "quick", 1, 0).to_pandas()
+    frame["power_capped_share"] = 0.0
+    path = atomic_write_table(simulate_profile("llama3-8b", "quick", 1, 0), tmp_path / "ok.parquet")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_measurements(path)  # nothing capped: no warning
+    from collectors.profiler import profile_table
+
+    frame.loc[3, "power_capped_share"] = 0.5
+    capped = atomic_write_table(profile_table(frame, {}), tmp_path / "capped.parquet")
+    with pytest.warns(UserWarning, match=r"capped.parquet: 1 rows ran power-capped \(first: row 4, column power_capped_share\)"):
+        load_measurements(capped)

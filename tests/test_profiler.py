@@ -181,3 +181,44 @@ def test_gpu_settings_without_nvml_access_are_skipped():
 
     result = run_profile("tiny", "test", device="cpu", dtype="float32", clocks=[1410], repeats=1, warmup=0, log=lambda m: None)
     assert result.table.num_rows == 0 and "no NVML settings access" in result.skipped[0]
+
+
+def test_each_repeat_is_joined_with_the_telemetry_of_its_window(tmp_path):
+    pytest.importorskip("torch")
+    from collectors.nvml_source import NvmlSource
+    from collectors.profile_join import join_window_telemetry
+    from collectors.profiler import run_profile
+    from collectors.sampler import Sampler
+    from collectors.summary import load_telemetry
+
+    nvml = FakeNVML([FakeGpu()])
+    with Sampler(NvmlSource(nvml), tmp_path, period_s=0.01, flush_s=0.2) as sampler:
+        result = run_profile("tiny", "test", device="cpu", dtype="float32", clocks=[1410], repeats=1, warmup=1,
+                             sampler=sampler, settings=GpuSettings(0, nvml), gpu_index=0, min_window_s=0.1,
+                             log=lambda m: None)
+    joined = join_window_telemetry(result.table.to_pandas(), load_telemetry(tmp_path))
+    assert len(joined) == 6 and (joined["requested_sm_clock_mhz"] == 1410).all()
+    assert (joined["observed_sm_clock_mhz"] == 1410).all()  # the fake reports the locked clock while locked
+    assert (joined["max_temp_gpu_c"] == 55).all() and (joined["power_capped_share"] == 0).all()
+
+
+def test_window_telemetry_join_averages_inside_each_window_and_leaves_the_rest_null():
+    import pandas as pd
+
+    from collectors.profile_join import join_window_telemetry
+    from collectors.sim_source import REASON_SW_POWER_CAP
+
+    profile = pd.DataFrame({"gpu_index": [0, 0, None], "window_start_wall_s": [10.0, 20.0, None],
+                            "window_end_wall_s": [11.0, 21.0, None]})
+    telemetry = pd.DataFrame({
+        "gpu_index": [0, 0, 0, 0, 1],
+        "t_wall_s": [10.2, 10.8, 15.0, 20.5, 10.5],
+        "sm_clock_mhz": [1980.0, 1500.0, 100.0, None, 900.0],
+        "temp_gpu_c": [60.0, 70.0, 99.0, 65.0, 99.0],
+        "clocks_event_reasons": pd.array([0, REASON_SW_POWER_CAP, REASON_SW_POWER_CAP, None, 0], dtype="Int64"),
+    })
+    joined = join_window_telemetry(profile, telemetry)
+    assert joined["observed_sm_clock_mhz"].iloc[0] == 1740.0 and joined["power_capped_share"].iloc[0] == 0.5
+    assert joined["max_temp_gpu_c"].iloc[0] == 70.0  # the 99 C sample lies outside, the other on GPU 1
+    assert pd.isna(joined["observed_sm_clock_mhz"].iloc[1]) and joined["max_temp_gpu_c"].iloc[1] == 65.0
+    assert joined.iloc[2][["observed_sm_clock_mhz", "power_capped_share", "max_temp_gpu_c"]].isna().all()

@@ -158,6 +158,12 @@ PROFILE_ITERATIONS = ArtifactSchema(
         Column("energy_method", pa.string()),
         _f64("mean_power_w", minimum=0),
         _f64("peak_power_w", minimum=0),
+        _i64("gpu_index", "NVML index of the profiled GPU (null off a GPU)"),
+        _f64("window_start_wall_s", "the repeat's energy window, Unix seconds: joins the telemetry"),
+        _f64("window_end_wall_s"),
+        _f64("observed_sm_clock_mhz", "mean SM clock the telemetry saw inside the window", minimum=0),
+        _f64("power_capped_share", "share of the window's samples with the SW power-cap reason set", minimum=0),
+        _f64("max_temp_gpu_c", "hottest GPU temperature the telemetry saw inside the window"),
     ),
 )
 
