@@ -187,6 +187,25 @@ def summary(directory: Path, as_json: bool) -> None:
 
 
 @collect.command()
+@click.option("--backend", type=click.Choice(["nvml", "sim"]), default="nvml", show_default=True,
+              help="nvml: real GPUs; sim: the simulated device (labelled simulated).")
+@click.option("--counter-poll", "counter_poll_s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds to watch each GPU's energy counter.")
+@click.option("--json", "as_json", is_flag=True)
+def probe(backend, counter_poll_s, as_json) -> None:
+    """What each GPU supports: missing metrics, energy-counter update period, power-limit and clock ranges."""
+    import json
+
+    from .probe import format_probe, probe_gpus
+
+    try:
+        rows = probe_gpus(make_source(backend), counter_poll_s)
+    except RuntimeError as exc:  # NVML unavailable: say so in one line
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(rows, indent=2) if as_json else format_probe(rows))
+
+
+@collect.command()
 @click.option("--backend", type=click.Choice(["sim", "gpu", "cpu"]), default="sim", show_default=True,
               help="sim: roofline model of a simulated H100 (labelled simulated); gpu: the PyTorch workload on a "
                    "CUDA GPU with NVML energy; cpu: the same workload on the CPU (development; no energy).")
@@ -204,7 +223,8 @@ def summary(directory: Path, as_json: bool) -> None:
 @click.option("--warmup", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--min-window", "min_window_s", type=click.FloatRange(min=0), default=None,
               help="Shortest energy window, s: each repeat runs back-to-back iterations to fill it, since NVML's "
-                   "energy counter moves in 20-100 ms steps [default: 1.0 on a GPU, 0 on the CPU].")
+                   "energy counter moves in 20-100 ms steps [default on a GPU: 20 counter steps as measured at "
+                   "the start, at least 1 s; 0 on the CPU].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep from OUTPUT.partial/, skipping its points.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--telemetry", type=click.Path(path_type=Path), default=None, help="Also keep the sampler's telemetry here.")
@@ -225,6 +245,7 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
         atomic_write_table(table, output)
         click.echo(f"wrote {table.num_rows:,} SIMULATED iterations ({preset}, sweep {sweep}) to {output}")
         return
+    from .counter_probe import counter_update_period, window_for_counter
     from .profile_store import PartialProfile
     from .profiler import run_profile
     from .workload import shard_label
@@ -238,10 +259,10 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
     clock_list, limit_list = numbers(clocks, "--clocks"), numbers(power_limits, "--power-limits")
     if backend == "cpu":
         device, dtype = "cpu", "float32" if dtype == "bfloat16" else dtype
-    if min_window_s is None:
-        min_window_s = 1.0 if backend == "gpu" else 0.0
+    if min_window_s is None and backend == "cpu":
+        min_window_s = 0.0
     store = PartialProfile(output, resume, shard_label(preset, layers), tp)
-    sampler = settings = gpu_index = None
+    sampler = settings = gpu_index = counter_step = None
     try:
         with sigterm_as_interrupt():
             if backend == "gpu":
@@ -250,23 +271,31 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
                 from .sampler import Sampler
 
                 telemetry = telemetry or store.directory / "telemetry"  # kept for the join, then dropped with it
+                probe_source = NvmlSource()
+                gpu_index = _nvml_index_of(device, probe_source.open())
+                counter_step = counter_update_period(lambda: probe_source.read_energy_power(gpu_index)[0])
+                probe_source.close()
+                click.echo(f"NVML energy counter of GPU {gpu_index} moves every "
+                           f"{f'{counter_step * 1000:.1f} ms' if counter_step else '? (not measured)'}", err=True)
+                if min_window_s is None:
+                    min_window_s = window_for_counter(counter_step)
                 sampler = Sampler(NvmlSource(), telemetry, period_s=0.02, flush_s=1.0).start()
-                gpu_index = _nvml_index_of(device, sampler.gpus.values())
                 if clock_list or limit_list:
                     settings = GpuSettings(gpu_index)
             result = run_profile(preset, sweep, device, dtype, tp, clock_list, limit_list, repeats, warmup, sampler,
                                  settings, layers=layers, gpu_index=gpu_index, min_window_s=min_window_s,
                                  done=store.done(), on_point=store.append,
                                  provenance={"wattlas.command": " ".join(["wattlas", *sys.argv[1:]]),
+                                             "wattlas.energy_counter_step_s": str(counter_step),
                                              "wattlas.driver_version": _driver_version() if backend == "gpu" else "none"})
     except KeyboardInterrupt:
         kept = store.suspend()
-        click.echo(f"interrupted: {store.appended} new point(s) kept in {kept}; run the same command with --resume "
-                   "to continue", err=True)
+        click.echo(f"interrupted: {store.appended} new point(s) measured; " + (
+            f"kept in {kept}, run the same command with --resume to continue" if kept else "nothing to keep"), err=True)
         sys.exit(130)
-    except RuntimeError as exc:
+    except (RuntimeError, click.ClickException) as exc:
         store.suspend()
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(exc.message if isinstance(exc, click.ClickException) else str(exc)) from None
     finally:
         if sampler is not None:
             sampler.stop()

@@ -203,6 +203,19 @@ class NvmlSource:
                 break
         return links
 
+    def settings_ranges(self, gpu_index: int) -> dict:
+        """Power-limit range and default (W) and the highest SM clock (MHz); null where NVML has none."""
+        n, handle = self.nvml, self.gpus[gpu_index].handle
+        constraints = self._optional(lambda: n.nvmlDeviceGetPowerManagementLimitConstraints(handle))
+        default = self._optional(lambda: n.nvmlDeviceGetPowerManagementDefaultLimit(handle))
+        max_clock = self._optional(lambda: n.nvmlDeviceGetMaxClockInfo(handle, n.NVML_CLOCK_SM))
+        return {
+            "power_limit_min_w": constraints[0] / 1000.0 if constraints else None,
+            "power_limit_max_w": constraints[1] / 1000.0 if constraints else None,
+            "power_limit_default_w": default / 1000.0 if default is not None else None,
+            "max_sm_clock_mhz": float(max_clock) if max_clock is not None else None,
+        }
+
     # ------------------------------------------------------------------ reading
     def read(self, gpu_index: int, slow: bool = False) -> dict:
         n = self.nvml

@@ -61,7 +61,11 @@ class PartialProfile:
         shutil.rmtree(self.directory)
         return table
 
-    def suspend(self) -> Path:
-        """Close the segment (the rows stay in the partial directory); returns the directory."""
+    def suspend(self) -> Path | None:
+        """Close the segment; the rows stay in the partial directory, which is returned (None, and
+        the directory removed, when it holds no point at all)."""
         self.writer.close()
+        if not self.appended and not len(self.previous):
+            shutil.rmtree(self.directory, ignore_errors=True)
+            return None
         return self.directory

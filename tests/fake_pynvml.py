@@ -178,6 +178,14 @@ class FakeNVML:
     def nvmlDeviceGetPowerManagementDefaultLimit(self, handle):
         return 700_000
 
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle):
+        self._gpu(handle)
+        return [200_000, 700_000]
+
+    def nvmlDeviceGetMaxClockInfo(self, handle, kind):
+        self._gpu(handle)
+        return 1980 if kind == pynvml.NVML_CLOCK_SM else 2619
+
     def nvmlDeviceSetPowerManagementLimit(self, handle, milliwatts):
         gpu = self._gpu(handle)
         self._require_root(gpu)

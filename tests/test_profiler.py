@@ -222,3 +222,54 @@ def test_window_telemetry_join_averages_inside_each_window_and_leaves_the_rest_n
     assert joined["max_temp_gpu_c"].iloc[0] == 70.0  # the 99 C sample lies outside, the other on GPU 1
     assert pd.isna(joined["observed_sm_clock_mhz"].iloc[1]) and joined["max_temp_gpu_c"].iloc[1] == 65.0
     assert joined.iloc[2][["observed_sm_clock_mhz", "power_capped_share", "max_temp_gpu_c"]].isna().all()
+
+
+def test_the_energy_counter_update_period_is_measured_and_sizes_the_windows():
+    from collectors.counter_probe import counter_update_period, window_for_counter
+    from collectors.nvml_source import NvmlSource
+
+    source = NvmlSource(FakeNVML([FakeGpu(counter_step_s=0.03)]))
+    source.open()
+    step = counter_update_period(lambda: source.read_energy_power(0)[0], duration_s=0.4)
+    assert step == pytest.approx(0.03, abs=0.006)
+    assert window_for_counter(step) == 1.0 and window_for_counter(0.1) == pytest.approx(2.0)
+
+    no_counter = NvmlSource(FakeNVML([FakeGpu(energy_counter=False)]))
+    no_counter.open()
+    assert counter_update_period(lambda: no_counter.read_energy_power(0)[0], duration_s=0.05) is None
+
+
+def test_probe_reports_counter_period_missing_metrics_and_setting_ranges():
+    from collectors.nvml_source import NvmlSource
+    from collectors.probe import format_probe, probe_gpus
+
+    gpus = [FakeGpu(counter_step_s=0.02), FakeGpu(uuid="GPU-fake-0001", energy_counter=False, pcie=False)]
+    rows = probe_gpus(NvmlSource(FakeNVML(gpus)), counter_poll_s=0.3)
+    assert rows[0]["energy_counter_step_s"] == pytest.approx(0.02, abs=0.005)
+    assert rows[0]["power_limit_max_w"] == 700.0 and rows[0]["max_sm_clock_mhz"] == 1980.0
+    assert rows[1]["energy_counter_step_s"] is None and "energy" in rows[1]["unsupported_metrics"]
+    text = format_probe(rows)
+    import re
+
+    assert float(re.search(r"moves every: ([0-9.]+) ms", text).group(1)) == pytest.approx(20.0, abs=5.0)
+    assert "no counter" in text and "pcie" in text and "200-700 W" in text
+
+
+def test_probe_cli_on_the_simulated_device_says_simulated(run_cli):
+    result = run_cli("collect", "probe", "--backend", "sim", "--counter-poll", "0.2")
+    assert result.exit_code == 0, result.output
+    assert "[SIMULATED]" in result.output and "energy counter moves every" in result.output
+
+
+def test_a_sweep_that_fails_before_any_point_leaves_nothing_to_resume(run_cli, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import collectors.profiler as profiler
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert")
+
+    monkeypatch.setattr(profiler, "measure_point", broken)
+    out = tmp_path / "p.parquet"
+    result = run_cli("collect", "profile", "--backend", "cpu", "--preset", "tiny", "--sweep", "test", "-o", out)
+    assert result.exit_code == 1 and "device-side assert" in result.output
+    assert not out.exists() and not (tmp_path / "p.parquet.partial").exists()
