@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -285,7 +286,7 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
             result = run_profile(preset, sweep, device, dtype, tp, clock_list, limit_list, repeats, warmup, sampler,
                                  settings, layers=layers, gpu_index=gpu_index, min_window_s=min_window_s,
                                  done=store.done(), on_point=store.append,
-                                 provenance={"wattlas.command": " ".join(["wattlas", *sys.argv[1:]]),
+                                 provenance={"wattlas.command": _invocation(click.get_current_context()),
                                              "wattlas.energy_counter_step_s": str(counter_step),
                                              "wattlas.driver_version": _driver_version() if backend == "gpu" else "none"})
     except KeyboardInterrupt:
@@ -328,6 +329,18 @@ def _with_telemetry(telemetry_dir: Path, rows):
     from .summary import load_telemetry
 
     return join_window_telemetry(rows, load_telemetry(telemetry_dir))
+
+
+def _invocation(ctx: click.Context) -> str:
+    """The command with every option it ran with (defaults included), for provenance."""
+    parts = [ctx.command_path]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == "":
+            continue
+        option = max(param.opts, key=len)
+        parts.append(option if value is True else f"{option} {shlex.quote(str(value))}")
+    return " ".join(parts)
 
 
 def _driver_version() -> str:

@@ -195,8 +195,9 @@ class WindowTracker:
         counter_ok = a.counter is not None and b.counter is not None and b.counter >= a.counter
         integral_ok = a.integral is not None and b.integral is not None
         # The counter moves in steps of up to COUNTER_STEP_S: a shorter window reads zero or a whole
-        # step (kilowatts over a millisecond), so there power read at its edges is the better figure.
-        counter_too_coarse = integral_ok and duration < COUNTER_STEP_S
+        # step (kilowatts over a millisecond), so there power read at its edges is the better figure;
+        # so it is for a counter that did not move at all while power was drawn.
+        counter_too_coarse = integral_ok and (duration < COUNTER_STEP_S or (b.counter == a.counter and b.integral > a.integral))
         if counter_ok and not counter_too_coarse:
             energy, method = b.counter - a.counter, "counter"
         elif integral_ok:

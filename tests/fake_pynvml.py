@@ -91,7 +91,8 @@ class FakeNVML:
     # ------------------------------------------------------------------ library
     def nvmlInit(self):
         self.initialized = True
-        self.t0 = self.clock()
+        if self.t0 is None:  # the GPU's counters run on across init/shutdown, as a driver's do
+            self.t0 = self.clock()
 
     def nvmlShutdown(self):
         self.initialized = False

@@ -273,3 +273,33 @@ def test_a_sweep_that_fails_before_any_point_leaves_nothing_to_resume(run_cli, t
     result = run_cli("collect", "profile", "--backend", "cpu", "--preset", "tiny", "--sweep", "test", "-o", out)
     assert result.exit_code == 1 and "device-side assert" in result.output
     assert not out.exists() and not (tmp_path / "p.parquet.partial").exists()
+
+
+def test_gpu_backend_end_to_end_on_a_fake_nvml(run_cli, tmp_path, monkeypatch):
+    """The `--backend gpu` path (counter probe, sampler windows, clock locking, telemetry join,
+    provenance) with pynvml replaced by the fake and the workload on the CPU."""
+    pytest.importorskip("torch")
+    import sys
+
+    import collectors.cli as collect_cli
+    from toolkit.parquet_io import read_artifact
+    from toolkit.schemas import PROFILE_ITERATIONS
+
+    fake = FakeNVML([FakeGpu(counter_step_s=0.02)])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(collect_cli, "_nvml_index_of", lambda device, infos: 0)
+    out = tmp_path / "gpu.parquet"
+    result = run_cli("collect", "profile", "--backend", "gpu", "--device", "cpu", "--dtype", "float32", "--preset", "tiny",
+                     "--sweep", "test", "--repeats", "1", "--warmup", "1", "--clocks", "1410", "--min-window", "0.3",
+                     "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "energy counter of GPU 0 moves every" in result.output
+    table = read_artifact(out, PROFILE_ITERATIONS)
+    frame = table.to_pandas()
+    assert len(frame) == 6 and (frame["sm_clock_mhz"] == 1410).all() and (frame["observed_sm_clock_mhz"] == 1410).all()
+    assert frame["energy_j"].notna().all() and set(frame["energy_method"]) == {"counter"}
+    assert (frame["gpu_index"] == 0).all() and frame["window_start_wall_s"].notna().all()
+    meta = table.schema.metadata
+    assert b"--backend gpu" in meta[b"wattlas.command"] and float(meta[b"wattlas.energy_counter_step_s"]) > 0
+    assert fake.gpus[0].locked is None  # the clock lock was released
+    assert not (tmp_path / "gpu.parquet.partial").exists()
