@@ -195,4 +195,5 @@ def chunks(bundle_path: Path, tbt_slo: float, batch_size: int, kv_tokens: int, m
                f"({table['method'].iloc[0]})")
     for row in table.itertuples():
         latency = "-" if np.isnan(row.predicted_latency_s) else f"{row.predicted_latency_s * 1000:.1f} ms"
-        click.echo(f"  prefix {row.prefix_tokens:>9,}  chunk {row.chunk_tokens:>6,}  ({latency})")
+        check = "" if np.isnan(row.mixed_model_latency_s) else f"; mixed model says {row.mixed_model_latency_s * 1000:.1f} ms"
+        click.echo(f"  prefix {row.prefix_tokens:>9,}  chunk {row.chunk_tokens:>6,}  ({latency}{check})")

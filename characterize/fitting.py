@@ -8,8 +8,9 @@ Validation, per phase and candidate:
   KV length k for decode), predict beyond half of its maximum - a 4x reach, as fitting on
   p <= 32 K and predicting 128 K+.
 
-The candidate with the lowest worst-of-both wins and is refitted on all rows.  Candidates:
-``physical`` (WLS over physical terms) and ``trees`` (gradient boosting).
+The simplest candidate within 5 % of the lowest worst-of-both wins and is refitted on all rows.  Candidates:
+``physical`` (WLS over physical terms), ``roofline`` for prefill (the larger of a compute and a
+memory piece, see ``roofline_model``) and ``trees`` (gradient boosting).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from .linear_model import TermsModel
 from .metrics import mape
 from .model_io import ModelBundle
 from .power_model import PowerModel
-from .terms import DEFAULT_TERMS
+from .roofline_model import RooflineModel
+from .terms import DEFAULT_TERMS, ROOFLINE_TERMS
 from .trees import TreeEnsembleModel
 
 CONFIG_COLUMNS = ["chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens", "tp", "sm_clock_mhz"]
@@ -35,10 +37,12 @@ MIN_ROWS = 12
 
 def latency_candidates(phase: str, tree_estimators: int = 300) -> dict[str, Callable[[pd.DataFrame], object]]:
     terms = DEFAULT_TERMS.get(phase, ["1", "c", "b"])
-    return {
-        "physical": lambda df: TermsModel.fit(df, "latency_s", phase, terms),
-        "trees": lambda df: TreeEnsembleModel.fit(df, "latency_s", phase, n_estimators=tree_estimators),
-    }
+    candidates = {"physical": lambda df: TermsModel.fit(df, "latency_s", phase, terms)}
+    if phase in ROOFLINE_TERMS:
+        compute, memory = ROOFLINE_TERMS[phase]
+        candidates["roofline"] = lambda df: RooflineModel.fit(df, "latency_s", phase, compute, memory)
+    candidates["trees"] = lambda df: TreeEnsembleModel.fit(df, "latency_s", phase, n_estimators=tree_estimators)
+    return candidates
 
 
 def config_groups(frame: pd.DataFrame) -> np.ndarray:
@@ -88,7 +92,10 @@ def select_latency_model(frame: pd.DataFrame, phase: str, candidates: dict | Non
     ranked = [n for n in report if report[n].get("score") is not None]
     if not ranked:
         raise ValueError(f"{phase}: no latency model could be validated ({report})")
-    best = min(ranked, key=lambda n: report[n]["score"])
+    # Candidates run from simplest to most flexible: take the first within 5 % of the best score,
+    # so a more flexible model must earn its parameters.
+    best_score = min(report[n]["score"] for n in ranked)
+    best = next(n for n in ranked if report[n]["score"] <= best_score * 1.05)
     report["selected"] = best
     return candidates[best](frame), report
 

@@ -35,9 +35,10 @@ def plain_scalar(value):
 def model_from_json(data: dict):
     from .linear_model import TermsModel
     from .power_model import PowerModel
+    from .roofline_model import RooflineModel
     from .trees import TreeEnsembleModel
 
-    kinds = {"terms": TermsModel, "power_saturating": PowerModel, "gbr_trees": TreeEnsembleModel}
+    kinds = {"terms": TermsModel, "roofline": RooflineModel, "power_saturating": PowerModel, "gbr_trees": TreeEnsembleModel}
     if data.get("kind") not in kinds:
         raise ValueError(f"unknown model kind {data.get('kind')!r}")
     return kinds[data["kind"]].from_json(data)

@@ -34,6 +34,12 @@ DEFAULT_TERMS = {
     "serving": ["1", "b", "b^0.5"],
 }
 
+# (compute piece, memory piece) of the roofline candidate: a chunk's FLOPs grow with c, c*p and
+# c^2; its memory traffic is the weights (constant) plus the prefix's KV read once (p).
+ROOFLINE_TERMS = {
+    "prefill": (["1", "c", "c*p", "c^2"], ["1", "p"]),
+}
+
 _FACTOR = re.compile(r"^([a-z])(?:\^(\d+(?:\.\d+)?))?$")
 
 

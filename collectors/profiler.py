@@ -29,12 +29,14 @@ from .workload import LlamaShard, measure_point
 GRIDS = {
     "test": {"prefill": [(32, 0), (32, 128), (64, 256)], "decode": [(1, 64), (4, 128)], "mixed": [(32, 128, 4, 64)]},
     "quick": {
-        "prefill": [(c, p) for c in (512, 2048, 8192) for p in (0, 8192, 32768, 131072)],
+        # small chunks after long prefixes are where adaptive chunking runs, and memory-bound
+        "prefill": [(c, p) for c in (64, 512, 2048, 8192) for p in (0, 8192, 32768, 131072)],
         "decode": [(b, k) for b in (1, 16, 64) for k in (1024, 8192, 32768)],
         "mixed": [(2048, p, 16, 4096) for p in (0, 32768, 131072)],
     },
     "full": {
-        "prefill": [(c, p) for c in (256, 512, 1024, 2048, 4096, 8192) for p in (0, 4096, 16384, 65536, 262144, 1048576)],
+        "prefill": [(c, p) for c in (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+                    for p in (0, 4096, 16384, 65536, 262144, 1048576)],
         "decode": [(b, k) for b in (1, 4, 16, 32, 64, 128) for k in (512, 2048, 8192, 32768, 131072)],
         "mixed": [(c, p, b, 4096) for c in (512, 2048) for p in (0, 65536, 262144) for b in (8, 32)],
     },

@@ -5,6 +5,7 @@ The replay evaluates an iteration's latency millions of times, so the bundle's p
 (frequency blending of groups is linear in the coefficients, so it folds in):
 
     prefill pieces:  k0 + kc*sum(c) + kcp*sum(c*p) + kc2*sum(c^2) + kp*sum(p)
+                     or, for a roofline model, max(that, m0 + mp*sum(p))
     decode batch:    d0 + db*b + dbk*sum(k) + dk*mean(k)
 
 A mixed iteration (prefill chunk(s) + decodes) costs the sum, with one launch constant.
@@ -30,26 +31,36 @@ from dataclasses import dataclass
 from characterize.linear_model import TermsModel
 from characterize.model_io import ModelBundle
 from characterize.power_model import PowerModel
+from characterize.roofline_model import RooflineModel
 from characterize.terms import parse_term
 
 PREFILL_TERMS = {(): "k0", (("c", 1.0),): "kc", (("c", 1.0), ("p", 1.0)): "kcp", (("c", 2.0),): "kc2", (("p", 1.0),): "kp"}
 DECODE_TERMS = {(): "d0", (("b", 1.0),): "db", (("b", 1.0), ("k", 1.0)): "dbk", (("k", 1.0),): "dk"}
 
 
-def _coefficients(model: TermsModel, vocabulary: dict, tp: int, sm_clock_mhz: float | None) -> dict[str, float]:
+MEMORY_TERMS = {(): "m0", (("p", 1.0),): "mp"}
+
+
+def _coefficients(model: TermsModel, vocabulary: dict, tp: int, sm_clock_mhz: float | None,
+                  piece: str = "coef") -> dict[str, float] | None:
+    """The model's coefficients for this TP and clock by vocabulary name (``piece``: ``coef``, or
+    ``memory_coef`` for a roofline model's memory piece; None when a blended group has none)."""
     key = {}
     if "tp" in model.group_keys:
         key["tp"] = tp
     if "sm_clock_mhz" in model.group_keys:
         key["sm_clock_mhz"] = sm_clock_mhz
     blend = model._coef_for(key)
+    if any(g.get(piece) is None for _, g in blend):
+        return None
+    terms = model.terms if piece == "coef" else model.memory_terms
     out = dict.fromkeys(vocabulary.values(), 0.0)
-    for i, term in enumerate(model.terms):
+    for i, term in enumerate(terms):
         factors = tuple(sorted(parse_term(term)))
         if factors not in vocabulary:
             raise KeyError(f"{model.phase} term {term!r} is outside what replay compiles "
                            f"({', '.join('*'.join(f'{n}^{p:g}' for n, p in t) or '1' for t in vocabulary)})")
-        out[vocabulary[factors]] += sum(w * g["coef"][i] for w, g in blend)
+        out[vocabulary[factors]] += sum(w * g[piece][i] for w, g in blend)
     return out
 
 
@@ -84,32 +95,42 @@ class InstanceCost:
     pp: int = 1
     kvp: int = 1
     kvp_overhead_s: float = 50e-6
+    pre_memory: dict[str, float] | None = None  # a roofline prefill model's memory piece (m0, mp)
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, pp: int = 1, kvp: int = 1) -> "InstanceCost":
-        def coefs(phase, vocabulary):
+        def latency_model(phase):
             model = bundle.find("latency_s", phase)
             if model is None:
                 raise KeyError(f"model bundle has no latency model for {phase!r}; replay needs prefill and decode")
             if not isinstance(model, TermsModel):
                 raise KeyError(f"the {phase} latency model is {model.kind}; replay needs a physical (terms) model")
-            return _coefficients(model, vocabulary, tp, sm_clock_mhz)
+            return model
 
         def power(phase):
             model = bundle.find("mean_power_w", phase)
             return None if model is None else CompiledPower.from_model(model, tp, sm_clock_mhz)
 
-        return cls(coefs("prefill", PREFILL_TERMS), coefs("decode", DECODE_TERMS),
-                   power("prefill") or power("mixed"), power("decode"), gpus=tp * pp * kvp, pp=pp, kvp=kvp)
+        prefill, decode = latency_model("prefill"), latency_model("decode")
+        memory = (_coefficients(prefill, MEMORY_TERMS, tp, sm_clock_mhz, "memory_coef")
+                  if isinstance(prefill, RooflineModel) else None)
+        return cls(_coefficients(prefill, PREFILL_TERMS, tp, sm_clock_mhz), _coefficients(decode, DECODE_TERMS, tp, sm_clock_mhz),
+                   power("prefill") or power("mixed"), power("decode"), gpus=tp * pp * kvp, pp=pp, kvp=kvp,
+                   pre_memory=memory)
 
     @property
     def has_power(self) -> bool:
         return self.prefill_power is not None and self.decode_power is not None
 
+    def _prefill_memory(self, p: float) -> float:
+        m = self.pre_memory
+        return m["m0"] + m["mp"] * p / self.kvp if m is not None else -math.inf
+
     def prefill_latency(self, c: float, cp: float, c2: float, p: float) -> float:
         q = self.pre
         attention = (q["kcp"] * cp + q["kp"] * p) / self.kvp
-        return (q["k0"] + q["kc"] * c + q["kc2"] * c2 + attention) / self.pp
+        compute = q["k0"] + q["kc"] * c + q["kc2"] * c2 + attention
+        return max(compute, self._prefill_memory(p)) / self.pp
 
     def decode_latency(self, b: int, k_sum: float) -> float:
         q = self.dec
@@ -135,6 +156,9 @@ class InstanceCost:
         a, lin = q["kc2"] / pp, (q["kc"] + q["kcp"] * p / kvp) / pp
         if rest >= 0:
             return 0
+        memory_budget = slo_s - ((self.decode_latency(b, k_sum) - self.dec["d0"]) if b else 0.0)
+        if self._prefill_memory(p_s + p) / pp > memory_budget:
+            return 0  # reading the prefix alone (roofline memory piece) breaks the SLO
         if a > 1e-18:
             c = (-lin + math.sqrt(lin * lin - 4 * a * rest)) / (2 * a)
         elif lin > 0:

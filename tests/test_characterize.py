@@ -41,6 +41,37 @@ def test_physical_model_extrapolates_in_context_and_trees_do_not():
     assert mape(far["latency_s"], trees.predict(far)) > 30.0
 
 
+def roofline_truth(c, p):
+    """Compute-bound FLOPs or the prefix's KV read, whichever is longer (what an H100 does)."""
+    return np.maximum(2e-3 + 6e-6 * c + 9e-11 * c * p + 4.5e-11 * c**2, 6e-3 + 4e-8 * p)
+
+
+def test_roofline_model_fits_memory_bound_small_chunks_the_additive_model_cannot():
+    from characterize.roofline_model import RooflineModel
+
+    rng = np.random.default_rng(7)
+    n = 800
+    c = rng.choice([32, 64, 128, 256, 512, 1024, 2048, 4096], n)
+    p = rng.integers(0, 1_000_000, n)
+    table = pd.DataFrame({"phase": "prefill", "chunk_tokens": c, "prefix_tokens": p, "batch_size": 0, "kv_tokens": 0,
+                          "tp": 1, "sm_clock_mhz": 1980.0, "latency_s": roofline_truth(c, p) * rng.lognormal(0, 0.02, n)})
+    roofline = RooflineModel.fit(table, "latency_s", "prefill", ["1", "c", "c*p", "c^2"], ["1", "p"])
+    additive = TermsModel.fit(table, "latency_s", "prefill", ["1", "c", "c*p", "c^2", "p"])
+    grid = pd.DataFrame({"chunk_tokens": np.repeat([32, 128, 512, 2048], 4), "prefix_tokens": np.tile([0, 65_536, 262_144, 1_000_000], 4),
+                         "batch_size": 0, "kv_tokens": 0, "tp": 1, "sm_clock_mhz": 1980.0})
+    truth = roofline_truth(grid["chunk_tokens"], grid["prefix_tokens"])
+    memory_bound = (6e-3 + 4e-8 * grid["prefix_tokens"]) > truth - 1e-12
+    assert memory_bound.sum() >= 4 and (~memory_bound).sum() >= 4
+    worst = lambda predicted: float(np.max(np.abs(predicted / truth - 1))) * 100
+    assert mape(truth, roofline.predict(grid)) < 3.0 and worst(roofline.predict(grid)) < 6.0
+    assert worst(additive.predict(grid)) > 12.0  # the sum of pieces misses the crossover and long-prefix reads
+    assert (roofline.memory_bound(grid) == memory_bound).mean() >= 0.9
+    model, report = select_latency_model(table, "prefill", latency_candidates("prefill", tree_estimators=30))
+    assert report["selected"] == "roofline" and model.kind == "roofline"
+    low, high = roofline.predict_interval(grid)
+    assert (low <= roofline.predict(grid)).all() and (roofline.predict(grid) <= high).all()
+
+
 def test_selection_prefers_the_model_that_extrapolates():
     rng = np.random.default_rng(1)
     table = prefill_table(rng, 800, 1_000_000)
@@ -77,7 +108,11 @@ def test_bundle_json_round_trip_all_kinds(tmp_path):
     table = prefill_table(rng, 300, 65_536)
     table["mean_power_w"] = 100 + 0.2 * table["chunk_tokens"]
     table["load_tokens"] = table["chunk_tokens"]
+    from characterize.roofline_model import RooflineModel
+
+    memory_bound = table.assign(latency_s=np.maximum(table["latency_s"], 6e-3 + 4e-8 * table["prefix_tokens"]))
     bundle = ModelBundle([TermsModel.fit(table, "latency_s", "prefill", ["1", "c", "c*p"]),
+                          RooflineModel.fit(memory_bound.assign(phase="mixed"), "latency_s", "mixed", ["1", "c", "c*p"], ["1", "p"]),
                           TreeEnsembleModel.fit(table.assign(phase="decode"), "latency_s", "decode", n_estimators=20),
                           PowerModel.fit(table, "mean_power_w", "prefill", "load_tokens")], {"simulated": True})
     path = bundle.save(tmp_path / "m.json")
@@ -85,6 +120,7 @@ def test_bundle_json_round_trip_all_kinds(tmp_path):
     assert json.loads(text)["schema"] == "wattlas.model_bundle"
     again = ModelBundle.load(path)
     assert again.simulated
+    assert [m.kind for m in again.models] == ["terms", "roofline", "gbr_trees", "power_saturating"]
     for old, new in zip(bundle.models, again.models):
         assert np.allclose(old.predict(table), new.predict(table))
 
@@ -117,7 +153,8 @@ def test_adaptive_chunks_shrink_with_prefix_and_respect_slo():
     # the next larger chunk would break the SLO
     bigger = pd.DataFrame({"chunk_tokens": chunks + 32, "prefix_tokens": result["prefix_tokens"], "batch_size": 16,
                            "kv_tokens": 4096, "tp": 1, "sm_clock_mhz": 1980.0})
-    over = bundle.predict("latency_s", "prefill", bigger) + bundle.predict("latency_s", "decode", bigger)
+    launch = bundle.predict("latency_s", "decode", bigger.assign(batch_size=0, kv_tokens=0))
+    over = bundle.predict("latency_s", "prefill", bigger) + bundle.predict("latency_s", "decode", bigger) - launch
     assert (over > 0.030).all()
 
 

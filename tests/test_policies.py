@@ -120,3 +120,17 @@ def test_polca_search_cli_labels_missing_priorities(run_cli, tmp_path, sim_bundl
     assert "labelled 50% high" in result.output and "largest addition" in result.output
     table = pd.read_csv(out)
     assert table["servers_added"].tolist() == [0, 1] and {"p99_impact_high", "p99_impact_low"} <= set(table.columns)
+
+
+@pytest.mark.parametrize("slo", [0.03, 0.05])
+def test_chunk_table_and_replay_scheduler_pick_the_same_adaptive_chunk(sim_bundle, slo):
+    """characterize's grid over the bundle and replay's closed form over compiled coefficients."""
+    from characterize.chunking import adaptive_chunks
+    from replay.cost_model import InstanceCost
+
+    prefixes = [0, 8192, 65_536, 262_144, 1_048_576]
+    table = adaptive_chunks(sim_bundle, slo, prefixes, batch_size=16, kv_tokens=4096, tp=1, sm_clock_mhz=1980.0)
+    cost = InstanceCost.from_bundle(sim_bundle, tp=1, sm_clock_mhz=1980.0)
+    closed_form = [cost.largest_chunk(p, 16, 16 * 4096, slo) for p in prefixes]
+    assert table["chunk_tokens"].tolist() == [min(c, 16384) for c in closed_form]
+    assert table["chunk_tokens"].iloc[-1] < table["chunk_tokens"].iloc[0]

@@ -113,6 +113,34 @@ def test_largest_chunk_is_the_slo_boundary():
     assert mixed(c) <= 0.05 < mixed(c + 32)
 
 
+def roofline_bundle() -> ModelBundle:
+    from characterize.roofline_model import RooflineModel
+
+    bundle = linear_bundle()
+    pre = RooflineModel("latency_s", "prefill", ["1", "c", "c*p"], [],
+                        [{"key": {}, "coef": [0.010, 1e-5, 1e-10], "cov": np.zeros((3, 3)).tolist(), "df_resid": 10, "n": 20,
+                          "memory_coef": [0.012, 4e-8], "memory_cov": np.zeros((2, 2)).tolist()}],
+                        memory_terms=["1", "p"])
+    bundle.models[0] = pre
+    return bundle
+
+
+def test_roofline_prefill_compiles_to_the_same_latency_and_chunk_boundary():
+    bundle = roofline_bundle()
+    cost = InstanceCost.from_bundle(bundle, tp=1, sm_clock_mhz=None)
+    points = pd.DataFrame({"chunk_tokens": [32, 32, 4096, 4096], "prefix_tokens": [0, 1_000_000, 0, 1_000_000],
+                           "batch_size": 0, "kv_tokens": 0})
+    expected = bundle.predict("latency_s", "prefill", points)
+    compiled = [cost.prefill_latency(c, c * p, c * c, p) for c, p in zip(points.chunk_tokens, points.prefix_tokens)]
+    assert np.allclose(compiled, expected)
+    assert compiled[1] == pytest.approx(0.012 + 4e-8 * 1_000_000)  # 32 tokens after 1 M: the KV read sets the time
+    c = cost.largest_chunk(p=200_000, b=8, k_sum=8 * 2000, slo_s=0.05)
+    mixed = lambda c: cost.iteration_latency(c, c * 200_000, c * c, 200_000, 8, 8 * 2000)
+    assert mixed(c) <= 0.05 < mixed(c + 32)
+    # after 1 M tokens the prefix read alone (52 ms) breaks a 50 ms SLO: no chunk fits
+    assert cost.largest_chunk(p=1_000_000, b=8, k_sum=8 * 2000, slo_s=0.05) == 0
+
+
 def test_without_power_model_energy_is_null_not_zero():
     result = replay(_load(100), linear_bundle(power=False), one_pool())
     assert result.requests["energy_j"].isna().all()
