@@ -38,6 +38,7 @@ DEFAULT_TERMS = {
 # c^2; its memory traffic is the weights (constant) plus the prefix's KV read once (p).
 ROOFLINE_TERMS = {
     "prefill": (["1", "c", "c*p", "c^2"], ["1", "p"]),
+    "mixed": (["1", "c", "c*p", "c^2", "b"], ["1", "p", "b*k"]),  # plus the decodes' KV read
 }
 
 _FACTOR = re.compile(r"^([a-z])(?:\^(\d+(?:\.\d+)?))?$")
