@@ -129,9 +129,11 @@ def _policy_lines(s: dict) -> list[str]:
     policy = s.get("policy") or {}
     if policy.get("name") == "dynamollm":
         for c in policy["classes"]:
-            lines.append(f"  class {c['class']:<12} TP{c['tp']} x{c['instances']} (mean active {c['mean_active']:.1f}), clocks {c['clocks_used']}")
+            tps = "/".join(f"TP{tp}" for tp in c["tps_used"])
+            lines.append(f"  class {c['class']:<12} {c['gpus']} GPUs as {tps} (mean active {c['mean_active']:.1f}), clocks {c['clocks_used']}")
         lines.append(f"  reconfigurations {policy['reconfigurations']} (clock changes {policy['clock_changes']}, "
-                     f"planned scale-outs {policy['scale_outs']}, reactive scale-outs {policy['reactive_scale_outs']})")
+                     f"planned scale-outs {policy['scale_outs']}, reactive scale-outs {policy['reactive_scale_outs']}, "
+                     f"re-shards {policy['reshards']})")
     if policy.get("name") == "polca":
         lines.append(f"  POLCA: budget {policy['budget_w']:.0f} W, peak row power {policy['peak_row_power_w']:.0f} W, "
                      f"{policy['capping_events']} capping events, low capped {policy['capped_low_s']:.0f} s, "

@@ -33,6 +33,10 @@ input_bins = [1024, 4096]
 output_bins = [128, 512]
 period_s = 300
 utilization_target = 0.7
+scale_out_s = 30                 # an activated instance powers on now, takes requests this much later
+power_off_inactive = true        # instances beyond the active count power off once drained
+reshard = false                  # true: also pick each class's TP every period (re-sharding its GPUs)
+reshard_s = 30                   # a new TP layout loads its weights this long
 
 [polca]                          # --policy polca (replay/policies/polca.py)
 budget_w = 3000                  # row power budget; omit: the servers' full-load power
@@ -74,6 +78,9 @@ class PoolConfig:
     max_input_tokens: float = 1e12
     max_output_tokens: float = 1e12
     priority: str | None = None
+    # A standby pool is another TP layout of a routed pool's GPUs (DynamoLLM re-sharding): it gets
+    # no requests and no power until a controller re-shards to it (``ClusterState.reshard``).
+    standby: bool = False
 
     def check(self, where: str, source) -> None:
         problems = [

@@ -145,6 +145,12 @@ class Instance:
         self.power_now = self.idle_power  # power of the iteration in flight, idle power when idle
         # kv_capacity_tokens is per TP group; SPP stages hold 1/pp of the layers, KVP groups 1/kvp of the tokens
         self.kv_capacity = pool.kv_capacity_tokens * pool.pp * pool.kvp
+        # Power state (re-sharding): a standby instance's GPUs belong to another layout and draw
+        # nothing here; a parked one finishes its requests, then hands its GPUs over (powers off).
+        self.powered = not pool.standby
+        self.parked = False
+        self.powered_since = 0.0
+        self.powered_s = 0.0
 
     @property
     def outstanding(self) -> int:
@@ -291,9 +297,11 @@ class Instance:
             if self.heap:
                 self._decode_stretch(until)
                 continue
-            self.power_now = self.idle_power
+            if self.parked:
+                self.power_off(self.t)  # drained: its GPUs now serve the new layout
+            self.power_now = self.idle_power if self.powered else 0.0
             if math.isfinite(until):
-                if self.idle_power is not None:
+                if self.idle_power is not None and self.powered:
                     self.idle_energy += self.idle_power * (until - self.t)
                     self.rec.add_energy(self.index, self.t, until, self.idle_power)
                 self.t = until
@@ -309,10 +317,27 @@ class Instance:
         self.idle_power = cost.idle_power()
 
     def idle_until(self, t_end: float) -> None:
-        if t_end > self.t and self.idle_power is not None:
+        if t_end > self.t and self.idle_power is not None and self.powered:
             self.idle_energy += self.idle_power * (t_end - self.t)
             self.rec.add_energy(self.index, self.t, t_end, self.idle_power)
         self.t = max(self.t, t_end)
+
+    def power_off(self, t: float) -> None:
+        if self.powered:
+            self.powered_s += t - self.powered_since
+        self.powered, self.parked = False, False
+        self.power_now = 0.0
+
+    def power_on(self, t: float, ready_at: float) -> None:
+        """Take over GPUs at ``t``; idle (loading weights) until ``ready_at``, then serve."""
+        self.parked = False
+        if not self.powered:  # (an instance still powered - draining, or never off - just stays)
+            self.powered, self.powered_since = True, t
+            self.t = max(self.t, t)
+            self.idle_until(ready_at)
+
+    def powered_seconds(self, t_end: float) -> float:
+        return self.powered_s + (t_end - self.powered_since if self.powered else 0.0)
 
 
 @dataclass
@@ -333,6 +358,7 @@ class ClusterState:
         self.members = members
         self.config = config
         self.active = [len(m) for m in members]  # routing goes to the first `active` members of each pool
+        self.redirect = list(range(len(members)))  # requests routed to pool p go to pool redirect[p]
         self._bundles = bundles
         self._costs: dict = {}
         self.events: list[dict] = []
@@ -361,18 +387,61 @@ class ClusterState:
         inst.clock = sm_clock_mhz
         self.events.append({"t_s": t, "instance": instance, "pool": inst.pool.name, "sm_clock_mhz": sm_clock_mhz, "reason": reason})
 
-    def set_active(self, t: float, pool_index: int, n: int, reason: str = "") -> None:
-        n = max(1, min(n, len(self.members[pool_index])))
+    def reshard(self, t: float, routed_pool: int, layout_pool: int, n: int, sm_clock_mhz: float | None,
+                warmup_s: float, reason: str = "", power_off_rest: bool = False) -> None:
+        """Serve ``routed_pool``'s requests with ``layout_pool`` (another TP layout of the same GPUs)
+        from now on: the current layout takes no new requests and powers off once drained; the new
+        one powers on, loads for ``warmup_s`` and then serves with ``n`` active instances."""
+        current = self.redirect[routed_pool]
+        if current == layout_pool:
+            return
+        self._park(t, self.members[current])
+        n = max(1, min(n, len(self.members[layout_pool])))
+        for i in self.members[layout_pool][: n if power_off_rest else None]:
+            inst = self.instances[i]
+            inst.power_on(t, t + warmup_s)
+            if inst.clock != sm_clock_mhz:
+                inst.set_cost(self.cost_at(layout_pool, sm_clock_mhz))
+                inst.clock = sm_clock_mhz
+        self.redirect[routed_pool] = layout_pool
+        self.active[layout_pool] = n
+        self.events.append({"t_s": t, "pool": self.config.pools[layout_pool].name, "active": self.active[layout_pool],
+                            "sm_clock_mhz": sm_clock_mhz, "reason": f"{reason} re-shard from {self.config.pools[current].name}"})
+
+    def set_active(self, t: float, pool_index: int, n: int, reason: str = "", power_off_rest: bool = False) -> None:
+        """Route to the first ``n`` members; with ``power_off_rest`` the others power off once drained
+        (an instance that becomes active again is powered on, see :meth:`power_up`)."""
+        members = self.members[pool_index]
+        n = max(1, min(n, len(members)))
         if n != self.active[pool_index]:
             self.events.append({"t_s": t, "pool": self.config.pools[pool_index].name, "active": n, "reason": reason})
         self.active[pool_index] = n
+        self.power_up(t, pool_index, n)
+        if power_off_rest:
+            self._park(t, members[n:])
+
+    def power_up(self, t: float, pool_index: int, n: int) -> None:
+        """Power on the first ``n`` members (warming up ahead of routing to them)."""
+        for i in self.members[pool_index][:n]:
+            self.instances[i].power_on(t, t)
+
+    def _park(self, t: float, indices) -> None:
+        for i in indices:
+            inst = self.instances[i]
+            if inst.busy:
+                inst.parked = True
+            elif inst.powered:
+                inst.power_off(max(inst.t, t))
 
 
 def _route_pools(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray, priority=None) -> np.ndarray:
-    pool = np.full(len(inputs), len(config.pools) - 1, dtype=np.int64)
+    routed = [i for i, p in enumerate(config.pools) if not p.standby]
+    pool = np.full(len(inputs), routed[-1], dtype=np.int64)
     assigned = np.zeros(len(inputs), dtype=bool)
     prio = np.asarray(priority, dtype=object) if priority is not None else None
     for i, p in enumerate(config.pools):
+        if p.standby:
+            continue
         fits = ~assigned & (inputs <= p.max_input_tokens) & (outputs <= p.max_output_tokens)
         if p.priority is not None and prio is not None:
             fits &= prio == p.priority
@@ -428,6 +497,7 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
     for r in range(len(arrival)):
         t = arrival[r]
         control_until(t)
+        req.pool[r] = state.redirect[req.pool[r]]
         group = members[req.pool[r]][: state.active[req.pool[r]]]
         if router == "least_loaded" or (router == "power_of_two" and len(group) <= 2):
             for i in group:
@@ -514,15 +584,15 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
         carbon_kg = float((bins.sum(axis=0) / 3.6e6 * np.interp(bin_mid, t_series, g_series)).sum()) * config.pue / 1000.0
     else:
         carbon_kg = it_kwh * config.pue * config.carbon_g_per_kwh / 1000.0
-    gpu_hours = sum(i.cost.gpus for i in instances) * t_end / 3600.0
+    gpu_hours = sum(i.cost.gpus * i.powered_seconds(t_end) for i in instances) / 3600.0
     row_power = bins.sum(axis=0) / config.bin_s
     summary = {
         "requests": int(len(req.arrival)),
         "finished": int(done.sum()),
         "dropped": int(dropped.sum()),
         "duration_s": float(t_end),
-        "instances": len(instances),
-        "gpus": int(sum(i.cost.gpus for i in instances)),
+        "instances": sum(1 for i in instances if not i.pool.standby),
+        "gpus": int(sum(i.cost.gpus for i in instances if not i.pool.standby)),  # standby layouts share these
         "iterations": int(sum(i.iterations for i in instances)),
         "ttft_p50_s": _q(ttft[done], 0.5), "ttft_p99_s": _q(ttft[done], 0.99),
         "tbt_p50_s": rec.tbt_quantile(0.5), "tbt_p99_s": rec.tbt_quantile(0.99),

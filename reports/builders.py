@@ -117,7 +117,8 @@ def add_replays(report: Report, run_dirs: list[Path], labels: list[str] | None =
         policy = s.get("policy") or {}
         if policy.get("name") == "dynamollm":
             classes = pd.DataFrame(policy["classes"])
-            classes["clocks_used"] = classes["clocks_used"].astype(str)
+            for column in ("clocks_used", "tps_used"):
+                classes[column] = classes[column].astype(str)
             report.table(classes.astype(object), f"{label}: DynamoLLM plan per request class", ",.3g")
         if "savings_vs_baseline" in s:
             report.key_values({f"{k.replace('_pct', '')} saved (%)": v for k, v in s["savings_vs_baseline"].items()},

@@ -134,3 +134,68 @@ def test_chunk_table_and_replay_scheduler_pick_the_same_adaptive_chunk(sim_bundl
     closed_form = [cost.largest_chunk(p, 16, 16 * 4096, slo) for p in prefixes]
     assert table["chunk_tokens"].tolist() == [min(c, 16384) for c in closed_form]
     assert table["chunk_tokens"].iloc[-1] < table["chunk_tokens"].iloc[0]
+
+
+def superlinear_tp_bundle():
+    """TP2 runs an iteration 3x faster than TP1 (a made-up superlinear speedup): one TP1 GPU is
+    the cheapest way to serve a trickle, TP2 the cheapest way to serve a flood."""
+    from characterize.linear_model import TermsModel
+    from characterize.model_io import ModelBundle
+    from characterize.power_model import PowerModel
+
+    def group(tp, coef):
+        return {"key": {"tp": tp}, "coef": coef, "cov": np.zeros((len(coef), len(coef))).tolist(), "df_resid": 10, "n": 20}
+
+    pre = TermsModel("latency_s", "prefill", ["1", "c"], ["tp"], [group(1, [0.006, 3e-5]), group(2, [0.002, 1e-5])])
+    dec = TermsModel("latency_s", "decode", ["1", "b", "b*k"], ["tp"],
+                     [group(1, [0.015, 2e-4, 3e-8]), group(2, [0.005, 0.67e-4, 1e-8])])
+    power = [PowerModel("mean_power_w", phase, "load_tokens", None, [], [{"key": {}, "params": [80.0, 400.0, 64.0, 1.0],
+                                                                             "param_names": []}]) for phase in ("prefill", "decode")]
+    return ModelBundle([pre, dec, *power], {"simulated": True})
+
+
+def test_dynamollm_reshards_tp_with_load_and_conserves_energy():
+    bundle = superlinear_tp_bundle()
+    rng = np.random.default_rng(3)
+    rates = [0.5, 0.5, 30.0, 30.0, 0.5, 0.5]  # per 300-s period: trickle, flood, trickle
+    arrivals = np.concatenate([k * 300 + np.sort(rng.uniform(0, 300, int(r * 300))) for k, r in enumerate(rates)])
+    n = len(arrivals)
+    trace = pd.DataFrame({"request_id": np.arange(n), "arrival_s": arrivals, "input_tokens": rng.integers(200, 800, n),
+                          "output_tokens": rng.integers(50, 150, n)})
+    pool = ClusterConfig(pools=[PoolConfig(tp=1, ttft_slo_s=2.0, tbt_slo_s=0.1)])
+    cfg = DynamoConfig(input_bins=(), output_bins=(), period_s=300, reshard=True, reshard_s=20, spare_instances=0)
+    dyn_plan = plan(trace, bundle, pool, cfg)
+    (cls,) = dyn_plan.classes
+    # the forecast sees only the past, so the layout follows the load one period late
+    assert [tp for *_, tp in cls.schedule] == [1, 1, 1, 2, 2, 1]
+    assert {p.name: p.standby for p in dyn_plan.config.pools} == {cls.name: False, f"{cls.name}@tp2": True}
+    result = replay(trace, bundle, dyn_plan.config, controller=dyn_plan.controller())
+    summary = result.summary
+    assert summary["policy"]["reshards"] == 2 and summary["finished"] == n
+    assert summary["gpus"] == cls.gpus  # the standby layout shares the class's GPUs
+    assert set(result.requests["pool"]) == {cls.name, f"{cls.name}@tp2"}
+    late_flood = result.requests[(result.requests["arrival_s"] >= 900) & (result.requests["arrival_s"] < 1200)]
+    assert (late_flood["pool"] == f"{cls.name}@tp2").all()
+    assert (result.requests[result.requests["arrival_s"] >= 1500]["pool"] == cls.name).all()
+    balance = summary["conservation"]
+    assert balance["timeline_j"] == pytest.approx(balance["instances_j"], rel=1e-9)
+    assert balance["requests_plus_idle_j"] == pytest.approx(balance["instances_j"], rel=1e-9)
+    # inactive GPUs power off: fewer GPU-hours than holding the class's GPUs all run
+    assert 0 < summary["gpu_hours"] < cls.gpus * summary["duration_s"] / 3600
+    static = replay(trace, bundle, plan(trace, bundle, pool, DynamoConfig(input_bins=(), output_bins=(), period_s=300,
+                                                                         spare_instances=0)).config)
+    assert static.summary["energy_kwh"] > 0
+
+
+def test_dynamollm_powers_off_inactive_instances_and_counts_only_powered_gpu_hours(sim_bundle):
+    trace = load(3000, rate=6)
+    runs = {}
+    for off in (True, False):
+        dyn_plan = plan(trace, sim_bundle, ClusterConfig(), DynamoConfig(period_s=120, power_off_inactive=off))
+        runs[off] = replay(trace, sim_bundle, dyn_plan.config, controller=dyn_plan.controller()).summary
+    on, off = runs[False], runs[True]
+    assert off["energy_busy_kwh"] == pytest.approx(on["energy_busy_kwh"], rel=1e-9)  # the same work, the same way
+    assert off["energy_idle_kwh"] < 0.8 * on["energy_idle_kwh"]
+    assert off["gpu_hours"] < on["gpu_hours"] == pytest.approx(on["gpus"] * on["duration_s"] / 3600)
+    for s in (on, off):
+        assert s["conservation"]["timeline_j"] == pytest.approx(s["conservation"]["instances_j"], rel=1e-9)

@@ -6,9 +6,18 @@ arrival rate from the past only (the larger of the previous period's rate and it
 the first period uses its own first minute)
 and picks, from the profiled latency and power models, the number of active instances and the
 SM clock that minimize energy while an instance's capacity at that clock, with headroom
-(``utilization_target``), covers the forecast and the TBT/TTFT SLOs hold.  Each pool's TP is
-fixed for the run (re-sharding is not modelled): the TP that minimizes the planned energy over
-the whole run.  A newly activated instance takes requests only after ``scale_out_s``.
+(``utilization_target``), covers the forecast and the TBT/TTFT SLOs hold.  A newly activated
+instance powers on at the decision and takes requests after ``scale_out_s``; with
+``power_off_inactive`` (default) instances beyond the active count power off once drained, as the
+plan, which counts active instances only, assumes.
+
+TP: by default each class's TP is fixed for the run, the one whose plan needs the least energy.
+With ``reshard`` the TP is chosen every period too: the class's GPUs are laid out as one pool per
+TP used (the others are standby pools sharing the same GPUs); switching layout is worth it only
+when the period's planned saving repays ``reshard_s`` of the new layout loading its weights.  At
+a switch the old layout takes no new requests and powers off as it drains, while the new one
+loads: for up to one drain both hold power (the GPUs are really the same, so this over-counts a
+little, and ``gpu_hours`` shows it).
 
 Capacity model of an instance for a class with mean input I and output O: the largest decode
 batch B whose iteration (with a share of prefill interference) stays under the TBT SLO; each
@@ -16,7 +25,7 @@ request then costs prefill(I) plus O iterations shared by B requests, so it serv
 mu = 1 / (prefill(I) + O * decode(B) / B) requests/s, drawing the decode power at batch B while busy.
 
 The baseline is the usual static deployment: one pool, the same GPUs, the smallest TP, the
-highest clock, every instance active.
+highest clock, every instance active and powered.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ class DynamoConfig:
     spare_instances: int = 1  # provisioned per class beyond the plan's peak, for reactive scale-out
     reactive_check_s: float = 10.0  # between period decisions: scale out when queues build
     reactive_queue: int = 4  # requests waiting for prefill on an active instance that trigger a scale-out
+    reshard: bool = False  # also choose each class's TP every period (re-sharding its GPUs)
+    reshard_s: float = 30.0  # a new TP layout loads its weights this long (powered, serving nothing)
+    power_off_inactive: bool = True  # inactive instances' GPUs power off (the plan counts active ones only)
 
 
 def profiled_values(bundle, key: str) -> list:
@@ -103,9 +115,11 @@ def plan_option(cost: InstanceCost, idle_w: float, rate: float, mean_in: float, 
 class ClassPlan:
     code: int
     name: str
-    tp: int
-    instances: int
-    schedule: list[tuple[float, int, float | None]]  # (t, active instances, clock)
+    tp: int  # the TP of the first period's layout
+    instances: int  # instances of that layout
+    schedule: list[tuple[float, int, float | None, int]]  # (t, active instances, clock, TP)
+    gpus: int = 0  # GPUs the class holds (every layout shares them)
+    layouts: dict[int, str] = field(default_factory=dict)  # TP -> pool name of that layout
 
 
 @dataclass
@@ -143,47 +157,82 @@ def plan(trace: pd.DataFrame, bundle, base: ClusterConfig, cfg: DynamoConfig) ->
     template = base.pools[0]
     tps = list(cfg.tps or profiled_values(bundle, "tp"))
     clocks = list(cfg.clocks or profiled_values(bundle, "sm_clock_mhz"))
-    pools, class_plans = [], []
+    pools, standby, class_plans = [], [], []
     for code in sorted(np.unique(codes)):
         mask = codes == code
         mean_in, mean_out = float(inputs[mask].mean()), float(outputs[mask].mean())
         forecast = _rates(arrival, mask, cfg.period_s, periods)
-        best = None
-        for tp in tps:
-            pool = replace(template, tp=tp or 1)
-            options = {f: InstanceCost.from_bundle(bundle, pool.tp, f) for f in clocks}
-            total, schedule = 0.0, []
-            for k, rate in enumerate(forecast):
-                choices = []
-                for f, cost in options.items():
-                    option = plan_option(cost, cost.idle_power() or 0.0, rate, mean_in, mean_out, pool, cfg)
-                    if option is not None:
-                        choices.append((option[1], option[0], f))
-                if not choices:
-                    total = math.inf
-                    break
-                energy, n, f = min(choices)
-                total += energy
-                schedule.append((k * cfg.period_s, n, f))
-            if best is None or total < best[0]:
-                best = (total, tp, schedule)
-        total, tp, schedule = best
-        if not math.isfinite(total):
+        by_tp = {tp: _period_choices(bundle, replace(template, tp=tp or 1), clocks, forecast, mean_in, mean_out, cfg)
+                 for tp in tps}
+        schedule = _reshard_schedule(by_tp, cfg) if cfg.reshard else _static_schedule(by_tp, cfg.period_s)
+        if schedule is None:
             raise ValueError(f"class {class_name(code, cfg)}: no TP/clock meets the SLOs (TTFT {template.ttft_slo_s}s, "
                              f"TBT {template.tbt_slo_s}s) for mean input {mean_in:.0f}, output {mean_out:.0f}")
-        n_max = max(n for _, n, _ in schedule) + cfg.spare_instances
+        used = list(dict.fromkeys(tp for *_, tp in schedule))  # in order of first use
+        step = math.lcm(*used)
+        gpus = max((n + cfg.spare_instances) * tp for _, n, _, tp in schedule)
+        gpus = -(-gpus // step) * step
         lo_in = ([0] + list(cfg.input_bins))[code // (len(cfg.output_bins) + 1)]
         hi_in = (list(cfg.input_bins) + [1e12])[code // (len(cfg.output_bins) + 1)]
         hi_out = (list(cfg.output_bins) + [1e12])[code % (len(cfg.output_bins) + 1)]
         name = class_name(code, cfg)
-        pools.append((lo_in, replace(template, name=name, tp=tp or 1, instances=n_max, sm_clock_mhz=schedule[0][2],
-                                      max_input_tokens=hi_in, max_output_tokens=hi_out, models=None)))
-        class_plans.append(ClassPlan(int(code), name, tp or 1, n_max, schedule))
+        layouts = {tp: (name if i == 0 else f"{name}@tp{tp}") for i, tp in enumerate(used)}
+        for i, tp in enumerate(used):
+            clock = next(f for _, _, f, t in schedule if t == tp)
+            pool = replace(template, name=layouts[tp], tp=tp, instances=gpus // tp, sm_clock_mhz=clock,
+                           max_input_tokens=hi_in, max_output_tokens=hi_out, models=None, standby=i > 0)
+            (pools if i == 0 else standby).append((lo_in, pool))
+        class_plans.append(ClassPlan(int(code), name, used[0], gpus // used[0], schedule, gpus, layouts))
     # routing takes the first pool that accepts a request: order pools by (input bin, output bin)
+    # (standby layouts, never routed to, go after every routed pool; pool i < classes is class i's)
     ordered = [p for _, p in sorted(pools, key=lambda x: (x[0], x[1].max_output_tokens))]
     order = {p.name: i for i, p in enumerate(ordered)}
     class_plans.sort(key=lambda c: order[c.name])
-    return DynamoPlan(replace(base, pools=ordered), class_plans, cfg)
+    return DynamoPlan(replace(base, pools=ordered + [p for _, p in standby]), class_plans, cfg)
+
+
+def _period_choices(bundle, pool: PoolConfig, clocks: list, forecast: np.ndarray, mean_in: float, mean_out: float,
+                    cfg: DynamoConfig) -> list[tuple[float, int, float | None] | None]:
+    """Per period, the cheapest (energy rate W, instances, clock) of this TP that meets the SLOs, or None."""
+    options = {f: InstanceCost.from_bundle(bundle, pool.tp, f) for f in clocks}
+    best = []
+    for rate in forecast:
+        choices = [(option[1], option[0], f) for f, cost in options.items()
+                   if (option := plan_option(cost, cost.idle_power() or 0.0, rate, mean_in, mean_out, pool, cfg)) is not None]
+        best.append(min(choices) if choices else None)
+    return best
+
+
+def _static_schedule(by_tp: dict, period_s: float) -> list[tuple[float, int, float | None, int]] | None:
+    """One TP for the whole run: the one with the least planned energy (periods are equally long)."""
+    feasible = {tp: periods for tp, periods in by_tp.items() if all(p is not None for p in periods)}
+    if not feasible:
+        return None
+    tp = min(feasible, key=lambda t: sum(p[0] for p in feasible[t]))
+    return [(k * period_s, n, f, tp) for k, (_, n, f) in enumerate(feasible[tp])]
+
+
+def _reshard_schedule(by_tp: dict, cfg: DynamoConfig) -> list[tuple[float, int, float | None, int]] | None:
+    """Each period's cheapest TP, switching only when a period's saving repays the re-shard: the new
+    layout's instances draw power through ``reshard_s`` while loading (estimated at the current
+    layout's mean power per instance, which bounds idle power from above)."""
+    periods = len(next(iter(by_tp.values())))
+    schedule, previous = [], None
+    for k in range(periods):
+        feasible = {tp: choice[k] for tp, choice in by_tp.items() if choice[k] is not None}
+        if not feasible:
+            return None
+        tp = min(feasible, key=lambda t: feasible[t][0])
+        if previous is not None and tp != previous and previous in feasible:
+            saving_j = (feasible[previous][0] - feasible[tp][0]) * cfg.period_s
+            _, n_new, _ = feasible[tp]
+            power_per_instance = feasible[previous][0] / max(1, feasible[previous][1])
+            if saving_j <= cfg.reshard_s * n_new * power_per_instance:
+                tp = previous
+        _, n, f = feasible[tp]
+        schedule.append((k * cfg.period_s, n, f, tp))
+        previous = tp
+    return schedule
 
 
 @dataclass
@@ -194,31 +243,42 @@ class DynamoController:
     clock_changes: int = 0
     scale_outs: int = 0
     reactive_scale_outs: int = 0
+    reshards: int = 0
     next_check: float = 0.0
 
     def _react(self, t: float, state) -> None:
         """Queues building between decisions (forecast too low): one more instance, after warm-up."""
         cfg = self.plan.cfg
-        for p_index, members in enumerate(state.members):
+        for c_index in range(len(self.plan.classes)):
+            p_index = state.redirect[c_index]  # the class's current layout
+            members = state.members[p_index]
             active = members[: state.active[p_index]]
             # requests not yet through prefill: queued, or admitted and waiting for prefill budget
             waiting = max(len(state.instances[i].queue) + len(state.instances[i].prefilling) for i in active)
             # an activation already warming up (due within scale_out_s) answers the same queue
-            pending_here = any(e[1] == p_index and e[2] == "active" and e[0] <= t + cfg.scale_out_s for e in self.pending)
+            pending_here = any(e[1] == c_index and e[2] == "active" and e[0] <= t + cfg.scale_out_s for e in self.pending)
             if waiting > cfg.reactive_queue and state.active[p_index] < len(members) and not pending_here:
-                self.pending.append((t + cfg.scale_out_s, p_index, "active", state.active[p_index] + 1))
+                state.power_up(t, p_index, state.active[p_index] + 1)  # warms up now, takes requests after scale_out_s
+                self.pending.append((t + cfg.scale_out_s, c_index, "active", state.active[p_index] + 1))
                 self.pending.sort(key=lambda e: (e[0], e[1], e[2]))
                 self.reactive_scale_outs += 1
 
     def __post_init__(self) -> None:
-        for p_index, cls in enumerate(self.plan.classes):
-            previous_n, previous_f = None, None
-            for t, n, f in cls.schedule:
+        pool_index = {p.name: i for i, p in enumerate(self.plan.config.pools)}
+        for c_index, cls in enumerate(self.plan.classes):
+            previous_n, previous_f, previous_tp = None, None, cls.tp
+            for t, n, f, tp in cls.schedule:
+                if tp != previous_tp:  # re-shard: the new layout comes up with its own count and clock
+                    self.pending.append((t, c_index, "reshard", (pool_index[cls.layouts[tp]], n, f)))
+                    previous_n, previous_f, previous_tp = n, f, tp
+                    continue
                 if f != previous_f:
-                    self.pending.append((t, p_index, "clock", f))
+                    self.pending.append((t, c_index, "clock", f))
                 if n != previous_n:
                     delay = self.plan.cfg.scale_out_s if previous_n is not None and n > previous_n else 0.0
-                    self.pending.append((t + delay, p_index, "active", n))
+                    if delay:
+                        self.pending.append((t, c_index, "power", n))
+                    self.pending.append((t + delay, c_index, "active", n))
                 previous_n, previous_f = n, f
         self.pending.sort(key=lambda e: (e[0], e[1], e[2]))
 
@@ -231,8 +291,15 @@ class DynamoController:
             self._react(t, state)
             self.next_check = t + self.plan.cfg.reactive_check_s
         while self.pending and self.pending[0][0] <= t:
-            _, p_index, kind, value = self.pending.pop(0)
-            if kind == "clock":
+            _, c_index, kind, value = self.pending.pop(0)
+            p_index = state.redirect[c_index]
+            if kind == "reshard":
+                layout, n, f = value
+                state.reshard(t, c_index, layout, n, f, self.plan.cfg.reshard_s, "dynamollm", self.plan.cfg.power_off_inactive)
+                self.reshards += 1
+            elif kind == "power":  # warm-up of instances that take requests after scale_out_s
+                state.power_up(t, p_index, value)
+            elif kind == "clock":
                 for i in state.members[p_index]:
                     if state.instances[i].clock != value:
                         state.set_clock(t, i, value, "dynamollm")
@@ -240,21 +307,22 @@ class DynamoController:
             else:
                 if value > state.active[p_index] and t > 0:
                     self.scale_outs += 1
-                state.set_active(t, p_index, value, "dynamollm")
+                state.set_active(t, p_index, value, "dynamollm", self.plan.cfg.power_off_inactive)
             self.reconfigurations += 1
 
     def describe(self) -> dict:
         return {"name": "dynamollm", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.plan.cfg).items()},
-                "classes": [{"class": c.name, "tp": c.tp, "instances": c.instances,
-                             "mean_active": float(np.mean([n for _, n, _ in c.schedule])),
-                             "clocks_used": sorted({f for _, _, f in c.schedule if f is not None})} for c in self.plan.classes],
+                "classes": [{"class": c.name, "tp": c.tp, "instances": c.instances, "gpus": c.gpus,
+                             "tps_used": sorted({tp for *_, tp in c.schedule}),
+                             "mean_active": float(np.mean([n for _, n, _, _ in c.schedule])),
+                             "clocks_used": sorted({f for _, _, f, _ in c.schedule if f is not None})} for c in self.plan.classes],
                 "reconfigurations": self.reconfigurations, "clock_changes": self.clock_changes, "scale_outs": self.scale_outs,
-                "reactive_scale_outs": self.reactive_scale_outs}
+                "reactive_scale_outs": self.reactive_scale_outs, "reshards": self.reshards}
 
 
 def baseline_for(plan: DynamoPlan, bundle) -> ClusterConfig:
     """Static deployment with the same GPUs: one pool, smallest TP, highest clock, all active."""
-    gpus = sum(c.tp * c.instances for c in plan.classes)
+    gpus = sum(c.gpus for c in plan.classes)
     tp = min(profiled_values(bundle, "tp") or [1]) or 1
     clock = max(profiled_values(bundle, "sm_clock_mhz"), key=lambda f: f or 0)
     template = plan.config.pools[0]
