@@ -14,7 +14,8 @@ Mnemosyne parallelism on top of TP (``pp`` stages of sequence pipeline paralleli
 KV-parallel groups), in steady state:
 
 * SPP pipelines the chunks of one prompt across ``pp`` stages, so prefill work completes at
-  ``pp`` times the rate: TTFT ~ sum(chunk times) / pp (the pipeline fill is not modelled);
+  ``pp`` times the rate: TTFT ~ sum(chunk times) / pp, plus the drain of the last chunk through
+  the other stages (added by the engine at the first token; one short prompt gains nothing);
   a decode token still passes every stage, so decode time is unchanged;
 * KVP splits the KV cache over ``kvp`` groups: the terms that read the KV (c*p and p for
   prefill, b*k and k for decode) divide by ``kvp``, plus ``kvp_overhead_s`` per iteration to

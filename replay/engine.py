@@ -184,7 +184,7 @@ class Instance:
             self.rec.add_energy(self.index, self.t, self.t + duration, power)
 
     def _release(self, r: int) -> None:
-        self.req.finish[r] = self.t
+        self.req.finish[r] = max(self.t, self.req.first_token[r])  # (an SPP first token may still be draining)
         self.kv_reserved -= int(self.req.input[r] + self.req.output[r])
 
     def _join(self, r: int) -> None:
@@ -253,11 +253,14 @@ class Instance:
             self.rec.add_tbt(latency, 0.0, 1, b)
             self._decoded(1, latency, share)
         completed = False
+        # SPP: a finished prompt's last chunk still passes the other pp - 1 stages (the pipeline
+        # drain) while the first stage goes on with other work, so one short prompt gains nothing
+        drain = (pool.pp - 1) * latency
         for item, c in pieces:
             item[1] += c
             if item[1] >= req.input[item[0]]:
                 completed = True
-                req.first_token[item[0]] = self.t
+                req.first_token[item[0]] = self.t + drain
                 self._join(item[0])
         if completed:
             self.prefilling = [item for item in self.prefilling if item[1] < req.input[item[0]]]
