@@ -15,6 +15,7 @@ instances = 2
 tp = 1
 pp = 1                           # Mnemosyne sequence-pipeline-parallel stages (prefill)
 kvp = 1                          # Mnemosyne KV-parallel groups (GPUs per instance: tp * pp * kvp)
+kvp_combine_s = 0.00032          # per iteration with kvp > 1: combining partial attention (estimate)
 models = "h100.json"             # this pool's model bundle (GPU type); default: the --models bundle
 sm_clock_mhz = 1980              # omit: the highest profiled clock
 max_batch_tokens = 4096          # token budget of one iteration (decodes + prefill chunk)
@@ -66,6 +67,9 @@ class PoolConfig:
     tp: int = 1
     pp: int = 1
     kvp: int = 1
+    # KVP: combining the groups' partial attention per iteration - one small NVLink collective per
+    # layer, ~10 us each on H100 for a 32-layer model (an estimate, not a measurement)
+    kvp_combine_s: float = 3.2e-4
     models: str | None = None
     sm_clock_mhz: float | None = None
     max_batch_tokens: int = 4096

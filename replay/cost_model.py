@@ -95,11 +95,12 @@ class InstanceCost:
     gpus: int
     pp: int = 1
     kvp: int = 1
-    kvp_overhead_s: float = 50e-6
+    kvp_overhead_s: float = 3.2e-4  # per iteration with kvp > 1 (PoolConfig.kvp_combine_s)
     pre_memory: dict[str, float] | None = None  # a roofline prefill model's memory piece (m0, mp)
 
     @classmethod
-    def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, pp: int = 1, kvp: int = 1) -> "InstanceCost":
+    def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, pp: int = 1, kvp: int = 1,
+                    kvp_overhead_s: float = 3.2e-4) -> "InstanceCost":
         def latency_model(phase):
             model = bundle.find("latency_s", phase)
             if model is None:
@@ -117,7 +118,7 @@ class InstanceCost:
                   if isinstance(prefill, RooflineModel) else None)
         return cls(_coefficients(prefill, PREFILL_TERMS, tp, sm_clock_mhz), _coefficients(decode, DECODE_TERMS, tp, sm_clock_mhz),
                    power("prefill") or power("mixed"), power("decode"), gpus=tp * pp * kvp, pp=pp, kvp=kvp,
-                   pre_memory=memory)
+                   kvp_overhead_s=kvp_overhead_s, pre_memory=memory)
 
     @property
     def has_power(self) -> bool:
@@ -127,23 +128,31 @@ class InstanceCost:
         m = self.pre_memory
         return m["m0"] + m["mp"] * p / self.kvp if m is not None else -math.inf
 
+    @property
+    def combine_s(self) -> float:
+        """KVP: combining the groups' partial attention, once per iteration."""
+        return self.kvp_overhead_s if self.kvp > 1 else 0.0
+
     def prefill_latency(self, c: float, cp: float, c2: float, p: float) -> float:
         q = self.pre
         attention = (q["kcp"] * cp + q["kp"] * p) / self.kvp
         compute = q["k0"] + q["kc"] * c + q["kc2"] * c2 + attention
-        return max(compute, self._prefill_memory(p)) / self.pp
+        return max(compute, self._prefill_memory(p)) / self.pp + self.combine_s
 
     def decode_latency(self, b: int, k_sum: float) -> float:
         q = self.dec
         kv_reads = (q["dbk"] * k_sum + q["dk"] * (k_sum / b)) / self.kvp
-        return q["d0"] + q["db"] * b + kv_reads + (self.kvp_overhead_s if self.kvp > 1 else 0.0)
+        return q["d0"] + q["db"] * b + kv_reads + self.combine_s
+
+    def _decode_share(self, b: int, k_sum: float) -> float:
+        """What b decodes add to an iteration that also runs a prefill chunk (launch and combine counted once)."""
+        return self.decode_latency(b, k_sum) - self.dec["d0"] - self.combine_s if b else 0.0
 
     def iteration_latency(self, c: float, cp: float, c2: float, p: float, b: int, k_sum: float) -> float:
-        latency = 0.0
         if c > 0:
-            latency += self.prefill_latency(c, cp, c2, p)
-        if b > 0:
-            latency += self.decode_latency(b, k_sum) - (self.dec["d0"] if c > 0 else 0.0)
+            latency = self.prefill_latency(c, cp, c2, p) + self._decode_share(b, k_sum)
+        else:
+            latency = self.decode_latency(b, k_sum) if b > 0 else 0.0
         return max(latency, 1e-6)
 
     def largest_chunk(self, p: float, b: int, k_sum: float, slo_s: float, granularity: int = 32,
@@ -153,20 +162,20 @@ class InstanceCost:
         q, pp, kvp = self.pre, self.pp, self.kvp
         c_s, cp_s, c2_s, p_s = scheduled
         others = q["kc"] * c_s + q["kcp"] * cp_s / kvp + q["kc2"] * c2_s + q["kp"] * p_s / kvp
-        rest = (q["k0"] + q["kp"] * p / kvp + others) / pp + ((self.decode_latency(b, k_sum) - self.dec["d0"]) if b else 0.0) - slo_s
-        a, lin = q["kc2"] / pp, (q["kc"] + q["kcp"] * p / kvp) / pp
+        budget = slo_s - self._decode_share(b, k_sum) - self.combine_s  # left for the prefill pieces
+        rest = (q["k0"] + q["kp"] * p / kvp + others) / pp - budget
         if rest >= 0:
             return 0
-        memory_budget = slo_s - ((self.decode_latency(b, k_sum) - self.dec["d0"]) if b else 0.0)
-        if self._prefill_memory(p_s + p) / pp > memory_budget:
+        if self._prefill_memory(p_s + p) / pp > budget:
             return 0  # reading the prefix alone (roofline memory piece) breaks the SLO
+        a, lin = q["kc2"] / pp, (q["kc"] + q["kcp"] * p / kvp) / pp
         if a > 1e-18:
             c = (-lin + math.sqrt(lin * lin - 4 * a * rest)) / (2 * a)
         elif lin > 0:
             c = -rest / lin
         else:
             c = float("inf")
-        return int(min(c, 1 << 30) // granularity * granularity)
+        return int((min(c, 1 << 30) + 1e-6) // granularity * granularity)  # (1e-6: a chunk at the boundary counts)
 
     def iteration_power(self, prefill_tokens: float, b: int) -> float | None:
         if not self.has_power:

@@ -381,7 +381,7 @@ class ClusterState:
         if key not in self._costs:
             pool = self.config.pools[pool_index]
             bundle = self._bundles.get(pool.models) or next(iter(self._bundles.values()))
-            self._costs[key] = InstanceCost.from_bundle(bundle, pool.tp, sm_clock_mhz, pool.pp, pool.kvp)
+            self._costs[key] = InstanceCost.from_bundle(bundle, pool.tp, sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s)
         return self._costs[key]
 
     def set_clock(self, t: float, instance: int, sm_clock_mhz: float | None, reason: str = "") -> None:
@@ -477,7 +477,7 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
 
             pool_bundle = bundles.setdefault(pool.models, ModelBundle.load(pool.models))
         bundles.setdefault(None, bundle)
-        cost = InstanceCost.from_bundle(pool_bundle, pool.tp, pool.sm_clock_mhz, pool.pp, pool.kvp)
+        cost = InstanceCost.from_bundle(pool_bundle, pool.tp, pool.sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s)
         members.append([])
         for _ in range(pool.instances):
             members[-1].append(len(instances))
