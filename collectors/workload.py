@@ -213,8 +213,14 @@ def measure_point(model: LlamaShard, c: int, p: int, b: int, k: int, warmup: int
 
     try:
         estimate = timed(max(1, warmup))  # at least one: it also sizes the windows
-        if min_window_s > 0:  # warm-up includes first-call costs; refine on ~1/4 window of steady state
-            estimate = timed(iterations_per_window(estimate, min_window_s / 4))
+        if min_window_s > 0:
+            # warm-up includes first-call costs: refine on a steady-state batch lasting >= 1/4 window
+            batch = iterations_per_window(estimate, min_window_s / 4)
+            while True:
+                estimate = timed(batch)
+                if estimate * batch >= min_window_s / 4 or batch >= 1 << 20:
+                    break
+                batch = max(batch * 2, iterations_per_window(estimate, min_window_s / 4))
         n = iterations_per_window(estimate, min_window_s)
         measured = []
         for _ in range(repeats):

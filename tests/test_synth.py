@@ -69,3 +69,20 @@ def test_burst_modulation_keeps_the_mean_rate_and_adds_bursts():
     assert b["rate_per_s"] == pytest.approx(3.0, rel=0.1)
     assert b["interarrival_cv"] > 1.5 * a["interarrival_cv"]
     assert b["peak_per_s"] > a["peak_per_s"]
+
+
+def test_idle_periods_keep_the_mean_rate_and_leave_long_gaps():
+    spec = SynthSpec(duration_s=50_000, mean_rate=4.0, cv=1.0, diurnal_amplitude=0.0, idle_fraction=0.7,
+                     idle_median_s=25.0, idle_sigma=1.2, seed=3)
+    arrival = synthesize(spec).column("arrival_s").to_numpy()
+    gaps = np.diff(arrival)
+    assert arrival.size / spec.duration_s == pytest.approx(4.0, rel=0.1)  # active periods run at 4 / 0.3
+    assert gaps[gaps > 10].sum() / arrival[-1] == pytest.approx(0.7, abs=0.07)
+    assert gaps.std() / gaps.mean() > 5  # a Poisson stream with the same rate has CV 1
+
+
+def test_code_preset_is_mostly_idle_between_bursts_like_the_azure_code_trace():
+    stats = summarize_trace(synthesize(spec_for("code", duration_s=3600)))
+    assert stats["interarrival_cv"] > 8  # Azure code 2023: 13.2 (conv: 1.1)
+    assert stats["interarrival_median_s"] == pytest.approx(0.064, rel=0.3)
+    assert stats["rate_per_s"] == pytest.approx(2.57, rel=0.15)
