@@ -259,7 +259,7 @@ class DynamoController:
             pending_here = any(e[1] == c_index and e[2] == "active" and e[0] <= t + cfg.scale_out_s for e in self.pending)
             if waiting > cfg.reactive_queue and state.active[p_index] < len(members) and not pending_here:
                 state.power_up(t, p_index, state.active[p_index] + 1)  # warms up now, takes requests after scale_out_s
-                self.pending.append((t + cfg.scale_out_s, c_index, "active", state.active[p_index] + 1))
+                self.pending.append((t + cfg.scale_out_s, c_index, "active", (p_index, state.active[p_index] + 1)))
                 self.pending.sort(key=lambda e: (e[0], e[1], e[2]))
                 self.reactive_scale_outs += 1
 
@@ -268,17 +268,18 @@ class DynamoController:
         for c_index, cls in enumerate(self.plan.classes):
             previous_n, previous_f, previous_tp = None, None, cls.tp
             for t, n, f, tp in cls.schedule:
+                layout = pool_index[cls.layouts[tp]]
                 if tp != previous_tp:  # re-shard: the new layout comes up with its own count and clock
-                    self.pending.append((t, c_index, "reshard", (pool_index[cls.layouts[tp]], n, f)))
+                    self.pending.append((t, c_index, "reshard", (layout, n, f)))
                     previous_n, previous_f, previous_tp = n, f, tp
                     continue
                 if f != previous_f:
-                    self.pending.append((t, c_index, "clock", f))
+                    self.pending.append((t, c_index, "clock", (layout, f)))
                 if n != previous_n:
                     delay = self.plan.cfg.scale_out_s if previous_n is not None and n > previous_n else 0.0
                     if delay:
-                        self.pending.append((t, c_index, "power", n))
-                    self.pending.append((t + delay, c_index, "active", n))
+                        self.pending.append((t, c_index, "power", (layout, n)))
+                    self.pending.append((t + delay, c_index, "active", (layout, n)))
                 previous_n, previous_f = n, f
         self.pending.sort(key=lambda e: (e[0], e[1], e[2]))
 
@@ -292,12 +293,16 @@ class DynamoController:
             self.next_check = t + self.plan.cfg.reactive_check_s
         while self.pending and self.pending[0][0] <= t:
             _, c_index, kind, value = self.pending.pop(0)
-            p_index = state.redirect[c_index]
             if kind == "reshard":
                 layout, n, f = value
                 state.reshard(t, c_index, layout, n, f, self.plan.cfg.reshard_s, "dynamollm", self.plan.cfg.power_off_inactive)
                 self.reshards += 1
-            elif kind == "power":  # warm-up of instances that take requests after scale_out_s
+                self.reconfigurations += 1
+                continue
+            p_index, value = value
+            if p_index != state.redirect[c_index]:
+                continue  # meant for a layout the class has since re-sharded away from
+            if kind == "power":  # warm-up of instances that take requests after scale_out_s
                 state.power_up(t, p_index, value)
             elif kind == "clock":
                 for i in state.members[p_index]:
