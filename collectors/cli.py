@@ -290,21 +290,27 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
                                              "wattlas.energy_counter_step_s": str(counter_step),
                                              "wattlas.driver_version": _driver_version() if backend == "gpu" else "none"})
     except KeyboardInterrupt:
+        _stop(sampler)  # (finalizes its telemetry before the partial directory may be removed)
         kept = store.suspend()
         click.echo(f"interrupted: {store.appended} new point(s) measured; " + (
             f"kept in {kept}, run the same command with --resume to continue" if kept else "nothing to keep"), err=True)
         sys.exit(130)
     except (RuntimeError, click.ClickException) as exc:
+        _stop(sampler)
         store.suspend()
         raise click.ClickException(exc.message if isinstance(exc, click.ClickException) else str(exc)) from None
     finally:
-        if sampler is not None:
-            sampler.stop()
+        _stop(sampler)
     table = store.finish(result.table, functools.partial(_with_telemetry, telemetry) if sampler is not None else None)
     for reason in result.skipped:
         click.echo(f"skipped: {reason}", err=True)
     click.echo(f"wrote {table.num_rows:,} measured iterations ({result.table.num_rows:,} new; {preset}, {backend}, "
                f"sweep {sweep}) to {output}")
+
+
+def _stop(sampler) -> None:
+    if sampler is not None:
+        sampler.stop()  # idempotent
 
 
 def _nvml_index_of(device: str, infos) -> int:

@@ -309,3 +309,23 @@ def test_gpu_backend_end_to_end_on_a_fake_nvml(run_cli, tmp_path, monkeypatch):
     assert b"--backend gpu" in meta[b"wattlas.command"] and float(meta[b"wattlas.energy_counter_step_s"]) > 0
     assert fake.gpus[0].locked is None  # the clock lock was released
     assert not (tmp_path / "gpu.parquet.partial").exists()
+
+
+def test_gpu_sweep_interrupted_before_any_point_finalizes_telemetry_and_keeps_nothing(run_cli, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import sys
+
+    import collectors.cli as collect_cli
+    import collectors.profiler as profiler
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML([FakeGpu(counter_step_s=0.02)]))
+    monkeypatch.setattr(collect_cli, "_nvml_index_of", lambda device, infos: 0)
+    monkeypatch.setattr(profiler, "measure_point", interrupted)
+    out = tmp_path / "gpu.parquet"
+    result = run_cli("collect", "profile", "--backend", "gpu", "--device", "cpu", "--dtype", "float32", "--preset", "tiny",
+                     "--sweep", "test", "-o", out)
+    assert result.exit_code == 130 and "nothing to keep" in result.output, result.output
+    assert not out.exists() and not (tmp_path / "gpu.parquet.partial").exists()
