@@ -62,6 +62,11 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
             coef = pd.DataFrame([{**g["key"], **dict(zip(model.terms, g["coef"])), "n": g["n"], "R2": g["rsquared"]}
                                  for g in model.groups]).astype(object)
             report.table(coef, f"{model.target}/{model.phase}: coefficients per group", ".4g")
+        elif model.kind == "roofline":  # max(compute piece, memory piece); no memory piece: compute alone
+            coef = pd.DataFrame([{**g["key"], **{f"compute {t}": c for t, c in zip(model.terms, g["coef"])},
+                                  **{f"memory {t}": c for t, c in zip(model.memory_terms, g["memory_coef"] or [None] * len(model.memory_terms))},
+                                  "n": g["n"]} for g in model.groups]).astype(object)
+            report.table(coef, f"{model.target}/{model.phase}: roofline pieces per group (latency = max of the two)", ".4g")
     frames = [load_measurements(p) for p in data_paths]
     if frames:
         frame = pd.concat(frames, ignore_index=True)

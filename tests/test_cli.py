@@ -45,3 +45,6 @@ def test_demo_runs_every_stage_and_labels_simulated(demo_output):
     assert summary["finished"] == summary["requests"]
     assert "[SIMULATED" in output
     assert (out / "report.html").exists()
+    # the simulated profile has memory-bound small chunks: the roofline candidate wins prefill
+    assert "latency_s/prefill      roofline" in output
+    assert "roofline pieces per group" in (out / "report.html").read_text()
