@@ -100,61 +100,77 @@ def run_profile(preset: str, sweep: str, device: str = "cuda", dtype: str = "bfl
                 on_point: Callable[[pa.Table], None] | None = None, provenance: dict[str, str] | None = None,
                 log=lambda message: print(message, file=sys.stderr)) -> ProfileResult:
     """Run the sweep; ``gpu_index`` is the NVML index of ``device`` (whose window rows are kept)."""
-    model = LlamaShard(preset, tp=tp, device=device, dtype=dtype, layers=layers)
-    on_gpu = model.device.type == "cuda"
-    gpu_name = model.torch.cuda.get_device_name(model.device) if on_gpu else f"CPU ({platform.processor() or platform.machine()})"
-    provenance = {
-        "wattlas.profile": f"PyTorch {model.label} shard tp={tp} {dtype} on {gpu_name}, sweep {sweep}, "
-                           f"energy windows >= {min_window_s} s",
-        "wattlas.torch_version": model.torch.__version__,
-        "wattlas.cuda_version": str(model.torch.version.cuda) if on_gpu else "none",
-        **(provenance or {}),
-    }
-    run_id = uuid.uuid4().hex[:12]
-    out_of_memory = _out_of_memory_errors(model.torch)
-    all_rows, skipped = [], []
+    run = _SweepRun(LlamaShard(preset, tp=tp, device=device, dtype=dtype, layers=layers), sweep, repeats, warmup,
+                    sampler, gpu_index, min_window_s, on_point, provenance or {}, log)
     for clock in clocks or [None]:
         for limit in power_limits or [None]:
-            todo = [SweepPoint(*point, clock, limit) for point in points(sweep)]
-            todo = [point for point in todo if point not in done]
+            todo = [point for point in (SweepPoint(*p, clock, limit) for p in points(sweep)) if point not in done]
             if not todo:
                 continue
             if (clock or limit) and settings is None:
-                skipped.append(f"clock {clock} / power limit {limit}: no NVML settings access on this backend")
+                run.skipped.append(f"clock {clock} / power limit {limit}: no NVML settings access on this backend")
                 continue
             try:
-                with settings.applied(clock, limit) if (clock or limit) else nullcontext((None, None)) as applied:
-                    read_clock, read_limit = applied
+                with settings.applied(clock, limit) if (clock or limit) else nullcontext((None, None)) as read_back:
                     for point in todo:
-                        try:
-                            measured = measure_point(model, point.c, point.p, point.b, point.k, warmup, repeats,
-                                                     min_window_s, _window_factory(sampler, point, gpu_index))
-                            reason = "KV does not fit in memory"
-                        except out_of_memory:
-                            measured, reason = None, "out of memory"
-                        if measured is None:
-                            skipped.append(f"{point.describe()}: {reason}")
-                            log(f"{point.describe()}: skipped, {reason}")
-                            continue
-                        rows = [{
-                            "run_id": run_id, "backend": "gpu" if on_gpu else "cpu", "gpu_name": gpu_name,
-                            "model": model.label, "phase": point.phase, "chunk_tokens": point.c,
-                            "prefix_tokens": point.p, "batch_size": point.b, "kv_tokens": point.k, "tp": tp,
-                            "sm_clock_mhz": read_clock, "power_limit_w": read_limit,
-                            "requested_sm_clock_mhz": clock, "requested_power_limit_w": limit,
-                            "repeat": r, "iterations_per_repeat": m.iterations, "latency_s": m.latency_s,
-                            "gpu_index": gpu_index if sampler is not None else None, **_per_iteration_energy(m.energy, m.iterations),
-                        } for r, m in enumerate(measured)]
-                        all_rows.extend(rows)
-                        if on_point is not None:
-                            on_point(profile_table(rows, provenance))
-                        latencies = sorted(m.latency_s for m in measured)
-                        log(f"{point.describe()}: median {latencies[len(latencies) // 2] * 1000:.3f} ms "
-                            f"({measured[0].iterations} iterations/repeat)")
+                        run.measure(point, *read_back)
             except SettingUnavailable as exc:  # a setting NVML refused: skip it, keep the rest
-                skipped.append(str(exc))
+                run.skipped.append(str(exc))
                 log(f"skipped: {exc}")
-    return ProfileResult(profile_table(all_rows, provenance), skipped)
+    return ProfileResult(profile_table(run.rows, run.provenance), run.skipped)
+
+
+class _SweepRun:
+    """One sweep's model, sampler and the rows and skips it has gathered so far."""
+
+    def __init__(self, model: LlamaShard, sweep: str, repeats: int, warmup: int, sampler, gpu_index, min_window_s,
+                 on_point, provenance: dict, log) -> None:
+        self.model, self.repeats, self.warmup = model, repeats, warmup
+        self.sampler, self.gpu_index, self.min_window_s = sampler, gpu_index, min_window_s
+        self.on_point, self.log = on_point, log
+        self.on_gpu = model.device.type == "cuda"
+        torch = model.torch
+        self.gpu_name = (torch.cuda.get_device_name(model.device) if self.on_gpu
+                         else f"CPU ({platform.processor() or platform.machine()})")
+        self.provenance = {
+            "wattlas.profile": f"PyTorch {model.label} shard tp={model.tp} {model.dtype_name} on {self.gpu_name}, "
+                               f"sweep {sweep}, energy windows >= {min_window_s} s",
+            "wattlas.torch_version": torch.__version__,
+            "wattlas.cuda_version": str(torch.version.cuda) if self.on_gpu else "none",
+            **provenance,
+        }
+        self.run_id = uuid.uuid4().hex[:12]
+        self.out_of_memory = _out_of_memory_errors(torch)
+        self.rows: list[dict] = []
+        self.skipped: list[str] = []
+
+    def measure(self, point: SweepPoint, read_clock: float | None, read_limit: float | None) -> None:
+        try:
+            measured = measure_point(self.model, point.c, point.p, point.b, point.k, self.warmup, self.repeats,
+                                     self.min_window_s, _window_factory(self.sampler, point, self.gpu_index))
+            reason = "KV does not fit in memory"
+        except self.out_of_memory:
+            measured, reason = None, "out of memory"
+        if measured is None:
+            self.skipped.append(f"{point.describe()}: {reason}")
+            self.log(f"{point.describe()}: skipped, {reason}")
+            return
+        rows = [{
+            "run_id": self.run_id, "backend": "gpu" if self.on_gpu else "cpu", "gpu_name": self.gpu_name,
+            "model": self.model.label, "phase": point.phase, "chunk_tokens": point.c, "prefix_tokens": point.p,
+            "batch_size": point.b, "kv_tokens": point.k, "tp": self.model.tp,
+            "sm_clock_mhz": read_clock, "power_limit_w": read_limit,
+            "requested_sm_clock_mhz": point.clock_mhz, "requested_power_limit_w": point.power_limit_w,
+            "repeat": r, "iterations_per_repeat": m.iterations, "latency_s": m.latency_s,
+            "gpu_index": self.gpu_index if self.sampler is not None else None,
+            **_per_iteration_energy(m.energy, m.iterations),
+        } for r, m in enumerate(measured)]
+        self.rows.extend(rows)
+        if self.on_point is not None:
+            self.on_point(profile_table(rows, self.provenance))
+        latencies = sorted(m.latency_s for m in measured)
+        self.log(f"{point.describe()}: median {latencies[len(latencies) // 2] * 1000:.3f} ms "
+                 f"({measured[0].iterations} iterations/repeat)")
 
 
 def _window_factory(sampler, point: SweepPoint, gpu_index: int | None):

@@ -79,7 +79,7 @@ class LlamaShard:
                  seed: int = 0, layers: int | None = None) -> None:
         torch = _torch()
         self.torch = torch
-        self.preset = preset
+        self.preset, self.tp, self.dtype_name = preset, tp, dtype
         full = ShardShape.of(PRESETS[preset], tp)
         self.shape = full if layers is None else replace(full, layers=layers)
         self.device = torch.device(device)
