@@ -98,6 +98,7 @@ class PoolConfig:
             (self.chunk_policy in ("fixed", "adaptive"), "chunk_policy", "must be 'fixed' or 'adaptive'"),
             (self.chunk_size >= 1, "chunk_size", "must be >= 1"),
             (self.tbt_slo_s > 0 and self.ttft_slo_s > 0, "tbt_slo_s", "SLOs must be > 0"),
+            (self.kvp_combine_s >= 0, "kvp_combine_s", "must be >= 0"),
         ]
         for ok, key, message in problems:
             if not ok:
@@ -147,7 +148,8 @@ def cluster_from_dict(data: dict, source: str | Path | None = None) -> ClusterCo
     from .policies.dynamollm import DynamoConfig
     from .policies.polca import PolcaConfig
 
-    _build(DynamoConfig, config.dynamollm, "dynamollm", source)
+    for key, message in _build(DynamoConfig, config.dynamollm, "dynamollm", source).problems():
+        raise InputError(source, f"dynamollm.{key} {message}")
     _build(PolcaConfig, {"budget_w": 1.0, **config.polca}, "polca", source)
     return config
 

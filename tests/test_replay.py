@@ -158,6 +158,12 @@ def test_cluster_toml_errors_name_file_and_key(tmp_path):
     path.write_text("[[pool\n")
     with pytest.raises(InputError, match="not valid TOML"):
         load_cluster(path)
+    path.write_text("[dynamollm]\nreshard = 'yes'\n")
+    with pytest.raises(InputError, match="c.toml.*dynamollm.reshard must be true or false"):
+        load_cluster(path)
+    path.write_text("[dynamollm]\nperiod_s = 0\n")
+    with pytest.raises(InputError, match="dynamollm.period_s must be > 0"):
+        load_cluster(path)
     good = cluster_from_dict({"pool": [{"instances": 2, "tp": 1}, {"name": "long", "instances": 1}]})
     assert good.instances == 3
 

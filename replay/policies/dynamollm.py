@@ -59,6 +59,22 @@ class DynamoConfig:
     reshard_s: float = 30.0  # a new TP layout loads its weights this long (powered, serving nothing)
     power_off_inactive: bool = True  # inactive instances' GPUs power off (the plan counts active ones only)
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, what is wrong) for every setting out of range; empty when all are fine."""
+        checks = [
+            ("period_s", self.period_s > 0, "must be > 0"),
+            ("utilization_target", 0 < self.utilization_target <= 1, "must be in (0, 1]"),
+            ("scale_out_s", self.scale_out_s >= 0, "must be >= 0"),
+            ("reshard_s", self.reshard_s >= 0, "must be >= 0"),
+            ("reactive_check_s", self.reactive_check_s > 0, "must be > 0"),
+            ("max_instances_per_class", self.max_instances_per_class >= 1, "must be >= 1"),
+            ("spare_instances", self.spare_instances >= 0, "must be >= 0"),
+            ("input_bins", list(self.input_bins) == sorted(self.input_bins), "must be increasing"),
+            ("output_bins", list(self.output_bins) == sorted(self.output_bins), "must be increasing"),
+        ] + [(key, isinstance(getattr(self, key), bool), "must be true or false")
+             for key in ("reshard", "power_off_inactive")]
+        return [(key, message) for key, ok, message in checks if not ok]
+
 
 def profiled_values(bundle, key: str) -> list:
     model = bundle.find("latency_s", "decode")
