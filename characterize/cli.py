@@ -100,6 +100,13 @@ def show(bundle_path: Path) -> None:
             for group in model.groups:
                 coef = ", ".join(f"{t}={c:.4g}" for t, c in zip(model.terms, group["coef"]))
                 click.echo(f"  {model.target}/{model.phase} {group['key']}: {coef} (n={group['n']}, R2={group['rsquared']:.4f})")
+        elif model.kind == "roofline":
+            for group in model.groups:
+                compute = ", ".join(f"{t}={c:.4g}" for t, c in zip(model.terms, group["coef"]))
+                memory = ("none (compute-bound throughout)" if group["memory_coef"] is None else
+                          ", ".join(f"{t}={c:.4g}" for t, c in zip(model.memory_terms, group["memory_coef"])))
+                click.echo(f"  {model.target}/{model.phase} {group['key']}: max(compute: {compute}; memory: {memory}) "
+                           f"(n={group['n']})")
         elif model.kind == "power_saturating":
             for group in model.groups:
                 params = ", ".join(f"{n}={v:.4g}" for n, v in zip(group["param_names"], group["params"]))

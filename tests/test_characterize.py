@@ -236,3 +236,17 @@ def test_power_capped_profile_rows_are_flagged_on_import(tmp_path):
     capped = atomic_write_table(profile_table(frame, {}), tmp_path / "capped.parquet")
     with pytest.warns(UserWarning, match=r"capped.parquet: 1 rows ran power-capped \(first: row 4, column power_capped_share\)"):
         load_measurements(capped)
+
+
+def test_cli_show_predict_validate_on_a_roofline_bundle(run_cli, tmp_path):
+    profile, models = tmp_path / "p.parquet", tmp_path / "m.json"
+    assert run_cli("collect", "profile", "--backend", "sim", "-o", profile).exit_code == 0
+    fitted = run_cli("characterize", "fit", profile, "-o", models, "--trees", "20", "--phase", "prefill")
+    assert fitted.exit_code == 0, fitted.output
+    assert ModelBundle.load(models).find("latency_s", "prefill").kind == "roofline"
+    shown = run_cli("characterize", "show", models)
+    assert shown.exit_code == 0 and "max(compute:" in shown.output and "memory: 1=" in shown.output, shown.output
+    predicted = run_cli("characterize", "predict", models, "--phase", "prefill", "-c", "32", "-p", "1000000", "--tp", "1")
+    assert predicted.exit_code == 0 and "95% CI" in predicted.output and "[SIMULATED]" in predicted.output
+    validated = run_cli("characterize", "validate", models, profile)
+    assert validated.exit_code == 0 and "latency_s/prefill: MAPE" in validated.output
