@@ -60,6 +60,36 @@ class ShardShape:
         return 2 * self.layers * tokens * self.kv_heads * self.head_dim * dtype_bytes
 
 
+class Collectives:
+    """The torch.distributed calls the TP workload makes (one process per rank, e.g. under torchrun)."""
+
+    def __init__(self, group=None) -> None:
+        import torch.distributed as dist
+
+        self.dist, self.group = dist, group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+
+    def all_reduce(self, tensor):
+        self.dist.all_reduce(tensor, group=self.group)
+        return tensor
+
+    def all_agree(self, flag: bool) -> bool:
+        """True only if ``flag`` is true on every rank."""
+        import torch
+
+        value = torch.tensor([1 if flag else 0], dtype=torch.int64)
+        if self.dist.get_backend(self.group) == "nccl":
+            value = value.cuda()
+        self.dist.all_reduce(value, op=self.dist.ReduceOp.MIN, group=self.group)
+        return bool(value.item())
+
+    def gather(self, obj) -> list | None:
+        """Every rank's ``obj`` on rank 0 (None elsewhere)."""
+        out = [None] * self.world if self.rank == 0 else None
+        self.dist.gather_object(obj, out, dst=0, group=self.group)
+        return out
+
+
 @dataclass
 class KvCache:
     """Per-layer K and V of shape (batch, kv_heads, filled + room, head_dim); ``filled`` tokens are valid."""
@@ -76,9 +106,13 @@ def shard_label(preset: str, layers: int | None) -> str:
 
 class LlamaShard:
     def __init__(self, preset: str = "llama3-8b", tp: int = 1, device: str = "cuda", dtype: str = "bfloat16",
-                 seed: int = 0, layers: int | None = None) -> None:
+                 seed: int = 0, layers: int | None = None, collectives: "Collectives | None" = None) -> None:
         torch = _torch()
         self.torch = torch
+        # With collectives (one process per TP rank, torch.distributed) the partial outputs of the
+        # attention and MLP blocks are all-reduced as in Megatron-style TP; without, one rank's
+        # shard runs alone and the communication is left out.
+        self.collectives = collectives
         self.preset, self.tp, self.dtype_name = preset, tp, dtype
         full = ShardShape.of(PRESETS[preset], tp)
         self.shape = full if layers is None else replace(full, layers=layers)
@@ -115,11 +149,15 @@ class LlamaShard:
         return self.torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
 
     def kv_fits(self, tokens: int, headroom: float = 0.9) -> bool:
+        """Whether the KV fits here - and, across TP ranks, on every rank (all must run or skip a point
+        together, or the others would wait in an all-reduce forever)."""
         need = self.shape.kv_bytes(tokens, self.torch.finfo(self.dtype).bits // 8)
         if self.device.type != "cuda":
-            return need < 8 * 2**30  # keep CPU runs small
-        free, _ = self.torch.cuda.mem_get_info(self.device)
-        return need < free * headroom
+            fits = need < 8 * 2**30  # keep CPU runs small
+        else:
+            free, _ = self.torch.cuda.mem_get_info(self.device)
+            fits = need < free * headroom
+        return fits if self.collectives is None else self.collectives.all_agree(fits)
 
     def make_kv(self, batch: int, filled: int, room: int) -> KvCache:
         """A cache of ``filled`` random tokens per sequence with ``room`` free slots after them."""
@@ -160,11 +198,14 @@ class LlamaShard:
                 kd[:, :, k] = k_new[c:].view(b, s.kv_heads, s.head_dim)
                 vd[:, :, k] = v_new[c:].view(b, s.kv_heads, s.head_dim)
                 outs.append(self._attention(qd, kd[:, :, :k + 1], vd[:, :, :k + 1]).transpose(1, 2).reshape(b, q_out))
-            x = x + torch.cat(outs) @ layer["o"]
+            x = x + self._reduce(torch.cat(outs) @ layer["o"])
             gate, up = (self._rms(x, layer["norm2"]) @ layer["gate_up"]).chunk(2, dim=-1)
-            x = x + (torch.nn.functional.silu(gate) * up) @ layer["down"]
+            x = x + self._reduce((torch.nn.functional.silu(gate) * up) @ layer["down"])
         sampled = x[c - 1:] if c else x  # the chunk's last token and every decode produce logits
         return self._rms(sampled, self.final_norm) @ self.lm_head
+
+    def _reduce(self, partial):
+        return partial if self.collectives is None else self.collectives.all_reduce(partial)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

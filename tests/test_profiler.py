@@ -329,3 +329,63 @@ def test_gpu_sweep_interrupted_before_any_point_finalizes_telemetry_and_keeps_no
                      "--sweep", "test", "-o", out)
     assert result.exit_code == 130 and "nothing to keep" in result.output, result.output
     assert not out.exists() and not (tmp_path / "gpu.parquet.partial").exists()
+
+
+def _rank_shard_of(full, rank: int, tp: int, collectives):
+    """A TP rank's shard whose weights are exact slices of ``full`` (Megatron layout)."""
+    import torch
+
+    from collectors.workload import LlamaShard
+
+    shard = LlamaShard(full.preset, tp=tp, device="cpu", dtype="float64", layers=full.shape.layers, collectives=collectives)
+    s, r = full.shape, rank
+    h, kv, f = s.heads // tp * s.head_dim, s.kv_heads // tp * s.head_dim, s.ffn // tp
+    q_all, kv_all = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    for whole, part in zip(full.layers, shard.layers):
+        qkv = whole["qkv"]
+        q, k, v = qkv[:, :q_all], qkv[:, q_all:q_all + kv_all], qkv[:, q_all + kv_all:]
+        part["qkv"] = torch.cat([q[:, r * h:(r + 1) * h], k[:, r * kv:(r + 1) * kv], v[:, r * kv:(r + 1) * kv]], dim=1)
+        part["o"] = whole["o"][r * h:(r + 1) * h]
+        gate, up = whole["gate_up"][:, :s.ffn], whole["gate_up"][:, s.ffn:]
+        part["gate_up"] = torch.cat([gate[:, r * f:(r + 1) * f], up[:, r * f:(r + 1) * f]], dim=1)
+        part["down"] = whole["down"][r * f:(r + 1) * f]
+        part["norm1"], part["norm2"] = whole["norm1"], whole["norm2"]
+    vocab = shard.shape.vocab
+    shard.lm_head = full.lm_head[:, r * vocab:(r + 1) * vocab]
+    shard.final_norm = full.final_norm
+    return shard
+
+
+def _tp_equivalence_worker(rank: int, world: int, init_file: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from collectors.workload import Collectives, LlamaShard
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        full = LlamaShard("tiny", tp=1, device="cpu", dtype="float64", layers=2, seed=5)
+        shard = _rank_shard_of(full, rank, world, Collectives())
+        torch.manual_seed(3)  # the same "full" caches in every process, each rank slicing its heads
+        prefix, decode = full.make_kv(1, 48, 16), full.make_kv(3, 40, 1)
+        kv = full.shape.kv_heads // world
+        cut = lambda cache: type(cache)([(k[:, rank * kv:(rank + 1) * kv].clone(), v[:, rank * kv:(rank + 1) * kv].clone())
+                                         for k, v in cache.layers], cache.filled)
+        shard_prefix, shard_decode = cut(prefix), cut(decode)
+        torch.manual_seed(11)
+        expected = full.step(16, prefix, 3, decode)
+        torch.manual_seed(11)
+        got = shard.step(16, shard_prefix, 3, shard_decode)
+        vocab = shard.shape.vocab
+        assert torch.allclose(got, expected[:, rank * vocab:(rank + 1) * vocab], atol=1e-10), (rank, (got - expected[:, rank * vocab:(rank + 1) * vocab]).abs().max())
+        assert shard.kv_fits(10) and not shard.collectives.all_agree(rank == 0)  # one rank says no: all skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_tensor_parallel_ranks_with_all_reduce_compute_the_unsharded_model(tmp_path):
+    """Two gloo processes, each a TP=2 shard sliced from one model: their logits are the model's."""
+    pytest.importorskip("torch")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_tp_equivalence_worker, args=(2, str(tmp_path / "rendezvous")), nprocs=2, join=True)
