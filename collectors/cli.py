@@ -248,7 +248,8 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
         return
     from .counter_probe import counter_update_period, window_for_counter
     from .profile_store import PartialProfile
-    from .profiler import run_profile
+    from .profiler import profile_table, provenance_of, run_profile
+    from .tp_ranks import start_ranks
     from .workload import shard_label
 
     def numbers(text, name):
@@ -262,7 +263,16 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
         device, dtype = "cpu", "float32" if dtype == "bfloat16" else dtype
     if min_window_s is None and backend == "cpu":
         min_window_s = 0.0
-    store = PartialProfile(output, resume, shard_label(preset, layers), tp)
+    ranks = start_ranks(tp, backend)  # under torchrun: one process per TP rank
+    if ranks is not None:
+        device = ranks.device(backend)
+    # rank 0 (or the only process) keeps the output; other ranks only measure
+    store = PartialProfile(output, resume, shard_label(preset, layers), tp) if ranks is None or ranks.is_writer else None
+    done = store.done() if store is not None else set()
+    on_point = store.append if store is not None else None
+    if ranks is not None:
+        done = ranks.collectives.broadcast(done)
+        on_point = ranks.gathering(store.append if store is not None else None)
     sampler = settings = gpu_index = counter_step = None
     try:
         with sigterm_as_interrupt():
@@ -271,7 +281,8 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
                 from .nvml_source import NvmlSource
                 from .sampler import Sampler
 
-                telemetry = telemetry or store.directory / "telemetry"  # kept for the join, then dropped with it
+                if store is not None:
+                    telemetry = telemetry or store.directory / "telemetry"  # kept for the join, then dropped with it
                 probe_source = NvmlSource()
                 gpu_index = _nvml_index_of(device, probe_source.open())
                 counter_step = counter_update_period(lambda: probe_source.read_energy_power(gpu_index)[0])
@@ -285,26 +296,35 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
                     settings = GpuSettings(gpu_index)
             result = run_profile(preset, sweep, device, dtype, tp, clock_list, limit_list, repeats, warmup, sampler,
                                  settings, layers=layers, gpu_index=gpu_index, min_window_s=min_window_s,
-                                 done=store.done(), on_point=store.append,
+                                 done=done, on_point=on_point, collectives=ranks.collectives if ranks else None,
                                  provenance={"wattlas.command": _invocation(click.get_current_context()),
                                              "wattlas.energy_counter_step_s": str(counter_step),
                                              "wattlas.driver_version": _driver_version() if backend == "gpu" else "none"})
     except KeyboardInterrupt:
         _stop(sampler)  # (finalizes its telemetry before the partial directory may be removed)
-        kept = store.suspend()
-        click.echo(f"interrupted: {store.appended} new point(s) measured; " + (
-            f"kept in {kept}, run the same command with --resume to continue" if kept else "nothing to keep"), err=True)
+        if store is not None:
+            kept = store.suspend()
+            click.echo(f"interrupted: {store.appended} new point(s) measured; " + (
+                f"kept in {kept}, run the same command with --resume to continue" if kept else "nothing to keep"), err=True)
         sys.exit(130)
     except (RuntimeError, click.ClickException) as exc:
         _stop(sampler)
-        store.suspend()
+        if store is not None:
+            store.suspend()
         raise click.ClickException(exc.message if isinstance(exc, click.ClickException) else str(exc)) from None
     finally:
         _stop(sampler)
-    table = store.finish(result.table, functools.partial(_with_telemetry, telemetry) if sampler is not None else None)
+        if ranks is not None:
+            ranks.close()
+    if store is None:
+        return  # another rank writes
+    new_rows = result.table
+    if ranks is not None:  # the instance's rows, combined over the ranks
+        new_rows = profile_table(ranks.combined, provenance_of(result.table))
+    table = store.finish(new_rows, functools.partial(_with_telemetry, telemetry) if sampler is not None and ranks is None else None)
     for reason in result.skipped:
         click.echo(f"skipped: {reason}", err=True)
-    click.echo(f"wrote {table.num_rows:,} measured iterations ({result.table.num_rows:,} new; {preset}, {backend}, "
+    click.echo(f"wrote {table.num_rows:,} measured iterations ({new_rows.num_rows:,} new; {preset}, {backend}, "
                f"sweep {sweep}) to {output}")
 
 

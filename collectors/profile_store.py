@@ -17,9 +17,9 @@ import pyarrow as pa
 
 from toolkit.errors import InputError
 from toolkit.parquet_io import atomic_write_table
-from toolkit.schemas import PROFILE_ITERATIONS, SCHEMA_KEY, SIMULATED_KEY, VERSION_KEY
+from toolkit.schemas import PROFILE_ITERATIONS
 
-from .profiler import PROFILE_COLUMNS, SweepPoint, completed_points, profile_table
+from .profiler import PROFILE_COLUMNS, SweepPoint, completed_points, profile_table, provenance_of
 from .segments import SegmentWriter, read_segments
 
 PREFIX = "profile"
@@ -51,8 +51,7 @@ class PartialProfile:
     def finish(self, new_rows: pa.Table, enrich: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pa.Table:
         """Write previous and new rows (through ``enrich``) to the output atomically, then drop the partial directory."""
         self.writer.close()
-        provenance = {k.decode(): v.decode() for k, v in (new_rows.schema.metadata or {}).items()
-                      if k.startswith(b"wattlas.") and k not in (SCHEMA_KEY, VERSION_KEY, SIMULATED_KEY)}
+        provenance = provenance_of(new_rows)
         if len(self.previous):
             provenance["wattlas.resumed_from_runs"] = ",".join(sorted(self.previous["run_id"].unique()))
         frame = pd.concat([self.previous, new_rows.to_pandas()], ignore_index=True) if len(self.previous) else new_rows.to_pandas()

@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple
 import pandas as pd
 import pyarrow as pa
 
-from toolkit.schemas import PROFILE_ITERATIONS, SIMULATED_KEY
+from toolkit.schemas import PROFILE_ITERATIONS, SCHEMA_KEY, SIMULATED_KEY, VERSION_KEY
 
 from .gpu_settings import SettingUnavailable
 from .workload import LlamaShard, measure_point
@@ -93,14 +93,23 @@ def profile_table(rows: list[dict] | pd.DataFrame, provenance: dict[str, str]) -
                                 preserve_index=False)
 
 
+def provenance_of(table: pa.Table) -> dict[str, str]:
+    """A profile table's provenance metadata (what ``profile_table`` takes back)."""
+    own = (SCHEMA_KEY, VERSION_KEY, SIMULATED_KEY)
+    return {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
+            if k.startswith(b"wattlas.") and k not in own}
+
+
 def run_profile(preset: str, sweep: str, device: str = "cuda", dtype: str = "bfloat16", tp: int = 1,
                 clocks: list[float | None] | None = None, power_limits: list[float | None] | None = None,
                 repeats: int = 5, warmup: int = 2, sampler=None, settings=None, layers: int | None = None,
                 gpu_index: int | None = None, min_window_s: float = 0.0, done: set[SweepPoint] = frozenset(),
                 on_point: Callable[[pa.Table], None] | None = None, provenance: dict[str, str] | None = None,
-                log=lambda message: print(message, file=sys.stderr)) -> ProfileResult:
-    """Run the sweep; ``gpu_index`` is the NVML index of ``device`` (whose window rows are kept)."""
-    run = _SweepRun(LlamaShard(preset, tp=tp, device=device, dtype=dtype, layers=layers), sweep, repeats, warmup,
+                collectives=None, log=lambda message: print(message, file=sys.stderr)) -> ProfileResult:
+    """Run the sweep; ``gpu_index`` is the NVML index of ``device`` (whose window rows are kept);
+    ``collectives``: this process is one TP rank of several (see ``tp_ranks``)."""
+    model = LlamaShard(preset, tp=tp, device=device, dtype=dtype, layers=layers, collectives=collectives)
+    run = _SweepRun(model, sweep, repeats, warmup,
                     sampler, gpu_index, min_window_s, on_point, provenance or {}, log)
     for clock in clocks or [None]:
         for limit in power_limits or [None]:
@@ -171,6 +180,25 @@ class _SweepRun:
         latencies = sorted(m.latency_s for m in measured)
         self.log(f"{point.describe()}: median {latencies[len(latencies) // 2] * 1000:.3f} ms "
                  f"({measured[0].iterations} iterations/repeat)")
+
+
+def combine_ranks(per_rank: list[list[dict]]) -> list[dict]:
+    """One instance's rows from its TP ranks' rows of the same repeats (in the same order): the
+    iteration takes as long as the slowest rank, and the instance's energy and power are the sums
+    over its GPUs (null when any rank has none; the method when all ranks agree, else "mixed")."""
+    combined = []
+    for rows in zip(*per_rank):
+        first = dict(rows[0])
+        first["latency_s"] = max(r["latency_s"] for r in rows)
+        for column in ("energy_j", "mean_power_w", "peak_power_w"):
+            values = [r.get(column) for r in rows]
+            first[column] = None if any(v is None or pd.isna(v) for v in values) else float(sum(values))
+        methods = {r.get("energy_method") for r in rows}
+        first["energy_method"] = methods.pop() if len(methods) == 1 else "mixed"
+        for column in ("gpu_index", "window_start_wall_s", "window_end_wall_s"):
+            first[column] = None  # several GPUs: the telemetry join is per GPU
+        combined.append(first)
+    return combined
 
 
 def _window_factory(sampler, point: SweepPoint, gpu_index: int | None):

@@ -83,6 +83,22 @@ class Collectives:
         self.dist.all_reduce(value, op=self.dist.ReduceOp.MIN, group=self.group)
         return bool(value.item())
 
+    def all_max(self, value: float) -> float:
+        """The largest ``value`` over the ranks (so all of them take the same decision from it)."""
+        import torch
+
+        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        if self.dist.get_backend(self.group) == "nccl":
+            tensor = tensor.cuda()
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MAX, group=self.group)
+        return float(tensor.item())
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        holder = [obj]
+        self.dist.broadcast_object_list(holder, src=0, group=self.group)
+        return holder[0]
+
     def gather(self, obj) -> list | None:
         """Every rank's ``obj`` on rank 0 (None elsewhere)."""
         out = [None] * self.world if self.rank == 0 else None
@@ -250,7 +266,9 @@ def measure_point(model: LlamaShard, c: int, p: int, b: int, k: int, warmup: int
         for _ in range(iterations):
             model.step(c, prefix, b, decode)
         model.synchronize()
-        return (time.perf_counter() - start) / iterations
+        elapsed = (time.perf_counter() - start) / iterations
+        # TP ranks must run the same number of iterations (each one all-reduces): size from the slowest
+        return elapsed if model.collectives is None else model.collectives.all_max(elapsed)
 
     try:
         estimate = timed(max(1, warmup))  # at least one: it also sizes the windows

@@ -389,3 +389,48 @@ def test_tensor_parallel_ranks_with_all_reduce_compute_the_unsharded_model(tmp_p
     import torch.multiprocessing as mp
 
     mp.spawn(_tp_equivalence_worker, args=(2, str(tmp_path / "rendezvous")), nprocs=2, join=True)
+
+
+def test_rank_rows_combine_into_the_instance_rows():
+    from collectors.profiler import combine_ranks
+
+    rank0 = [{"repeat": 0, "latency_s": 0.010, "energy_j": 3.0, "mean_power_w": 300.0, "peak_power_w": 350.0,
+              "energy_method": "counter", "gpu_index": 0, "window_start_wall_s": 1.0, "window_end_wall_s": 2.0}]
+    rank1 = [{**rank0[0], "latency_s": 0.012, "energy_j": 3.5, "mean_power_w": 290.0, "energy_method": "integrated_power",
+              "gpu_index": 1}]
+    (row,) = combine_ranks([rank0, rank1])
+    assert row["latency_s"] == 0.012  # the slowest rank sets the iteration time
+    assert row["energy_j"] == 6.5 and row["mean_power_w"] == 590.0 and row["peak_power_w"] == 700.0
+    assert row["energy_method"] == "mixed" and row["gpu_index"] is None
+    (no_meter,) = combine_ranks([rank0, [{**rank1[0], "energy_j": None}]])
+    assert no_meter["energy_j"] is None  # one rank unmeasured: the instance's energy is unknown, not partial
+
+
+def _torchrun(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "toolkit.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=240)
+
+
+def test_torchrun_profiles_one_tp2_instance_over_two_ranks(tmp_path):
+    """`torchrun -m toolkit.cli collect profile --tp 2` on the CPU (gloo): both ranks run every point,
+    rank 0 writes one row per repeat for the instance."""
+    pytest.importorskip("torch")
+    from pathlib import Path
+
+    from toolkit.parquet_io import read_artifact
+    from toolkit.schemas import PROFILE_ITERATIONS
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "tp2.parquet"
+    run = _torchrun("collect", "profile", "--backend", "cpu", "--tp", "2", "--preset", "tiny", "--sweep", "test",
+                    "--repeats", "2", "--warmup", "1", "-o", out, cwd=repo)
+    assert run.returncode == 0, run.stdout + run.stderr
+    frame = read_artifact(out, PROFILE_ITERATIONS).to_pandas()
+    assert len(frame) == 6 * 2 and (frame["tp"] == 2).all() and frame["run_id"].nunique() == 1
+    assert (frame["latency_s"] > 0).all() and frame["energy_j"].isna().all()  # no meter on the CPU
+    mismatch = _torchrun("collect", "profile", "--backend", "cpu", "--tp", "4", "--preset", "tiny", "--sweep", "test",
+                         "-o", tmp_path / "x.parquet", cwd=repo)
+    assert mismatch.returncode != 0 and "must equal the number of torchrun ranks (2)" in mismatch.stdout + mismatch.stderr
