@@ -147,23 +147,21 @@ def test_without_power_model_energy_is_null_not_zero():
     assert result.summary["energy_kwh"] is None
 
 
-def test_cluster_toml_errors_name_file_and_key(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("router = 'least_loaded'\n[[pool]]\ninstances = 4\ntp = 2\nchunk_polcy = 'x'\n", r"c.toml.*unknown key pool\[0\].chunk_polcy"),
+    ("[[pool]]\ninstances = 0\n", "instances must be >= 1"),
+    ("[[pool\n", "not valid TOML"),
+    ("[dynamollm]\nreshard = 'yes'\n", "c.toml.*dynamollm.reshard must be true or false"),
+    ("[dynamollm]\nperiod_s = 0\n", "dynamollm.period_s must be > 0"),
+])
+def test_cluster_toml_errors_name_file_and_key(tmp_path, text, message):
     path = tmp_path / "c.toml"
-    path.write_text("router = 'least_loaded'\n[[pool]]\ninstances = 4\ntp = 2\nchunk_polcy = 'x'\n")
-    with pytest.raises(InputError, match=r"c.toml.*unknown key pool\[0\].chunk_polcy"):
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
         load_cluster(path)
-    path.write_text("[[pool]]\ninstances = 0\n")
-    with pytest.raises(InputError, match="instances must be >= 1"):
-        load_cluster(path)
-    path.write_text("[[pool\n")
-    with pytest.raises(InputError, match="not valid TOML"):
-        load_cluster(path)
-    path.write_text("[dynamollm]\nreshard = 'yes'\n")
-    with pytest.raises(InputError, match="c.toml.*dynamollm.reshard must be true or false"):
-        load_cluster(path)
-    path.write_text("[dynamollm]\nperiod_s = 0\n")
-    with pytest.raises(InputError, match="dynamollm.period_s must be > 0"):
-        load_cluster(path)
+
+
+def test_cluster_from_dict_counts_instances_over_pools():
     good = cluster_from_dict({"pool": [{"instances": 2, "tp": 1}, {"name": "long", "instances": 1}]})
     assert good.instances == 3
 
