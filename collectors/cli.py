@@ -212,7 +212,9 @@ def probe(backend, counter_poll_s, as_json) -> None:
                    "CUDA GPU with NVML energy; cpu: the same workload on the CPU (development; no energy).")
 @click.option("--preset", type=click.Choice(["llama3-8b", "llama2-70b", "tiny"]), default="llama3-8b", show_default=True)
 @click.option("--sweep", type=click.Choice(["test", "quick", "full"]), default="quick", show_default=True)
-@click.option("--tp", type=int, default=1, show_default=True, help="Profile one rank of this TP degree.")
+@click.option("--tp", type=int, default=1, show_default=True,
+              help="TP degree: alone, profile one rank's shard (no all-reduces); under torchrun with this many "
+                   "ranks, the whole instance.")
 @click.option("--layers", type=click.IntRange(min=1), default=None,
               help="Run this many of the preset's layers (fits longer KV prefixes); rows name the model "
                    "e.g. 'llama3-8b[8/32 layers]' so they are never mistaken for the whole model.")

@@ -10,7 +10,8 @@ One *iteration* is a model step over
 followed by the LM head on the tokens that sample (the chunk's last token and each decode).
 
 ``tp`` shards the model as one tensor-parallel rank would hold it (heads, FFN and vocabulary
-divided by tp); the all-reduces between ranks are not executed (a single GPU is profiled).
+divided by tp).  Run alone, one rank's shard is profiled without the all-reduces between ranks;
+with ``Collectives`` (one process per rank, see ``tp_ranks``) they are executed.
 
 The KV cache is allocated once per point with room for the iteration's new tokens, and each
 layer writes its new K/V into that room in place before attending to the filled prefix - as a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 from .sim_profile import PRESETS, ModelShape
@@ -73,25 +75,22 @@ class Collectives:
         self.dist.all_reduce(tensor, group=self.group)
         return tensor
 
-    def all_agree(self, flag: bool) -> bool:
-        """True only if ``flag`` is true on every rank."""
-        import torch
-
-        value = torch.tensor([1 if flag else 0], dtype=torch.int64)
-        if self.dist.get_backend(self.group) == "nccl":
-            value = value.cuda()
-        self.dist.all_reduce(value, op=self.dist.ReduceOp.MIN, group=self.group)
-        return bool(value.item())
-
-    def all_max(self, value: float) -> float:
-        """The largest ``value`` over the ranks (so all of them take the same decision from it)."""
+    def _reduce_scalar(self, value: float, op) -> float:
         import torch
 
         tensor = torch.tensor([float(value)], dtype=torch.float64)
-        if self.dist.get_backend(self.group) == "nccl":
+        if self.dist.get_backend(self.group) == "nccl":  # NCCL reduces device tensors only
             tensor = tensor.cuda()
-        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MAX, group=self.group)
+        self.dist.all_reduce(tensor, op=op, group=self.group)
         return float(tensor.item())
+
+    def all_agree(self, flag: bool) -> bool:
+        """True only if ``flag`` is true on every rank."""
+        return self._reduce_scalar(1.0 if flag else 0.0, self.dist.ReduceOp.MIN) == 1.0
+
+    def all_max(self, value: float) -> float:
+        """The largest ``value`` over the ranks (so all of them take the same decision from it)."""
+        return self._reduce_scalar(value, self.dist.ReduceOp.MAX)
 
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank."""
@@ -253,21 +252,25 @@ def measure_point(model: LlamaShard, c: int, p: int, b: int, k: int, warmup: int
                   min_window_s: float = 0.0, window=None) -> list[Repeat] | None:
     """Measure one (c, p, b, k) point; None when its KV would not fit.
 
-    ``window()`` (optional) returns a context manager whose ``__exit__`` yields the energy row of
-    the repeat it enclosed (see ``profiler``); each repeat runs enough iterations to fill
+    ``window()`` (optional) returns a context manager that enters as an object whose ``row`` is,
+    after exit, the energy row of the repeat it enclosed (see ``profiler``); each repeat runs enough iterations to fill
     ``min_window_s``, estimated from the warm-up iterations.
     """
     if not model.kv_fits(p + b * (k + 1) + c):
         return None
     prefix = model.make_kv(1, p, c) if c and p else None
     decode = model.make_kv(b, k, 1) if b else None
-    def timed(iterations: int) -> float:
+    def run(iterations: int) -> float:
+        """Seconds per iteration of ``iterations`` back-to-back, synchronized at the end."""
         start = time.perf_counter()
         for _ in range(iterations):
             model.step(c, prefix, b, decode)
         model.synchronize()
-        elapsed = (time.perf_counter() - start) / iterations
+        return (time.perf_counter() - start) / iterations
+
+    def timed(iterations: int) -> float:
         # TP ranks must run the same number of iterations (each one all-reduces): size from the slowest
+        elapsed = run(iterations)
         return elapsed if model.collectives is None else model.collectives.all_max(elapsed)
 
     try:
@@ -283,19 +286,9 @@ def measure_point(model: LlamaShard, c: int, p: int, b: int, k: int, warmup: int
         n = iterations_per_window(estimate, min_window_s)
         measured = []
         for _ in range(repeats):
-            recorder = window() if window is not None else None
-            if recorder is not None:
-                recorder.__enter__()
-            start = time.perf_counter()
-            for _ in range(n):
-                model.step(c, prefix, b, decode)
-            model.synchronize()
-            elapsed = time.perf_counter() - start
-            energy = {}
-            if recorder is not None:
-                recorder.__exit__(None, None, None)
-                energy = recorder.row
-            measured.append(Repeat(elapsed / n, n, energy))
+            with window() if window is not None else nullcontext() as recorder:
+                latency = run(n)
+            measured.append(Repeat(latency, n, recorder.row if recorder is not None else {}))
         return measured
     finally:
         prefix = decode = None  # free the KV before the next point allocates its own
