@@ -38,6 +38,25 @@ def _independent_columns(X: np.ndarray) -> np.ndarray:
     return np.array(kept, dtype=np.int64)
 
 
+def wls_fit(X: np.ndarray, y: np.ndarray, weighting: str = "relative"):
+    """(coef, cov, statsmodels result) of a WLS fit of y on X, or None when the rows cannot determine it.
+
+    Weights 1/y^2 ("relative") minimize relative squared error.  A term that is zero or collinear
+    here (no prefix in a short-context table, a fixed decode batch) is left out with coefficient 0:
+    no singular design.
+    """
+    used = _independent_columns(X)
+    if len(used) == 0 or len(y) <= len(used):
+        return None
+    weights = 1.0 / np.maximum(y, 1e-12) ** 2 if weighting == "relative" else np.ones_like(y)
+    result = sm.WLS(y, X[:, used], weights=weights).fit()
+    coef = np.zeros(X.shape[1])
+    coef[used] = result.params
+    cov = np.zeros((X.shape[1], X.shape[1]))
+    cov[np.ix_(used, used)] = np.asarray(result.cov_params())
+    return coef, cov, result
+
+
 def group_keys_of(frame: pd.DataFrame) -> list[str]:
     """Grouping columns set on every row; ``model`` only when the table mixes several."""
     keys = [k for k in CANDIDATE_GROUP_KEYS if k in frame and frame[k].notna().all()]
@@ -67,18 +86,11 @@ class TermsModel:
             key = key if isinstance(key, tuple) else (key,)
             y = g[target].to_numpy(dtype="float64")
             X = design_matrix(g, terms)
-            if len(y) <= X.shape[1]:  # cannot be fitted; predictions for it fail loudly
+            fitted = wls_fit(X, y, weighting) if len(y) > X.shape[1] else None
+            if fitted is None:  # cannot be fitted; predictions for it fail loudly
                 model.skipped.append({k: plain_scalar(v) for k, v in zip(keys, key)})
                 continue
-            weights = 1.0 / np.maximum(y, 1e-12) ** 2 if weighting == "relative" else np.ones_like(y)
-            # A term that is zero or collinear here (no prefix in a short-context table, a fixed
-            # decode batch) is left out of this group's fit with coefficient 0: no singular design.
-            used = _independent_columns(X)
-            result = sm.WLS(y, X[:, used], weights=weights).fit()
-            coef = np.zeros(X.shape[1])
-            coef[used] = result.params
-            cov = np.zeros((X.shape[1], X.shape[1]))
-            cov[np.ix_(used, used)] = np.asarray(result.cov_params())
+            coef, cov, result = fitted
             model.groups.append({
                 "key": {k: plain_scalar(v) for k, v in zip(keys, key)},
                 "coef": coef.tolist(),

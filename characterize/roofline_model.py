@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 from scipy import stats
 
-from .linear_model import TermsModel, _independent_columns, group_keys_of
+from .linear_model import TermsModel, group_keys_of, wls_fit
 from .model_io import plain_scalar
 from .terms import design_matrix, parse_term
 
@@ -36,15 +35,8 @@ MAX_ROUNDS = 50
 
 def _wls(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(coef, cov, df_resid) of a relative-error WLS fit, None when the rows cannot determine it."""
-    used = _independent_columns(X)
-    if len(y) <= len(used) or len(used) == 0:
-        return None
-    result = sm.WLS(y, X[:, used], weights=1.0 / np.maximum(y, 1e-12) ** 2).fit()
-    coef = np.zeros(X.shape[1])
-    coef[used] = result.params
-    cov = np.zeros((X.shape[1], X.shape[1]))
-    cov[np.ix_(used, used)] = np.asarray(result.cov_params())
-    return coef, cov, float(result.df_resid)
+    fitted = wls_fit(X, y)
+    return None if fitted is None else (fitted[0], fitted[1], float(fitted[2].df_resid))
 
 
 @dataclass
