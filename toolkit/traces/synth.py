@@ -110,12 +110,19 @@ def modulation(spec: SynthSpec) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([spec.seed, 1])
     calm = 1.0 / ((1 - f) + f * spec.burst_multiplier)
     means = (spec.burst_mean_s * (1 - f) / f, spec.burst_mean_s)
-    times, levels, t, state = [], [], 0.0, 0 if rng.random() > f else 1
-    while t < spec.duration_s:
+    return _alternate(spec.duration_s, rng.random() <= f, lambda burst: calm * (spec.burst_multiplier if burst else 1.0),
+                      lambda burst: rng.exponential(means[burst]))
+
+
+def _alternate(duration_s: float, state: bool, level, length) -> tuple[np.ndarray, np.ndarray]:
+    """(switch times, levels) of a process flipping between two states, from ``state`` at t = 0;
+    ``level(state)`` is the multiplier while in it, ``length(state)`` draws how long it lasts."""
+    times, levels, t = [], [], 0.0
+    while t < duration_s:
         times.append(t)
-        levels.append(calm * (spec.burst_multiplier if state else 1.0))
-        t += rng.exponential(means[state])
-        state = 1 - state
+        levels.append(level(state))
+        t += length(state)
+        state = not state
     return np.array(times), np.array(levels)
 
 
@@ -133,13 +140,9 @@ def idle_modulation(spec: SynthSpec) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([spec.seed, 2])
     idle_mean = spec.idle_median_s * np.exp(spec.idle_sigma**2 / 2)
     active_mean = idle_mean * (1 - f) / f
-    times, levels, t, idle = [], [], 0.0, rng.random() < f
-    while t < spec.duration_s:
-        times.append(t)
-        levels.append(1e-9 if idle else 1.0 / (1 - f))
-        t += rng.lognormal(np.log(spec.idle_median_s), spec.idle_sigma) if idle else rng.exponential(active_mean)
-        idle = not idle
-    return np.array(times), np.array(levels)
+    return _alternate(spec.duration_s, rng.random() < f, lambda idle: 1e-9 if idle else 1.0 / (1 - f),
+                      lambda idle: rng.lognormal(np.log(spec.idle_median_s), spec.idle_sigma) if idle
+                      else rng.exponential(active_mean))
 
 
 def _product(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
