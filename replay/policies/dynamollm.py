@@ -131,11 +131,19 @@ def plan_option(cost: InstanceCost, idle_w: float, rate: float, mean_in: float, 
 class ClassPlan:
     code: int
     name: str
-    tp: int  # the TP of the first period's layout
-    instances: int  # instances of that layout
     schedule: list[tuple[float, int, float | None, int]]  # (t, active instances, clock, TP)
-    gpus: int = 0  # GPUs the class holds (every layout shares them)
+    gpus: int  # GPUs the class holds (every layout shares them)
     layouts: dict[int, str] = field(default_factory=dict)  # TP -> pool name of that layout
+
+    @property
+    def tp(self) -> int:
+        """The TP of the first period's layout."""
+        return self.schedule[0][3]
+
+    @property
+    def instances(self) -> int:
+        """Instances of that layout."""
+        return self.gpus // self.tp
 
 
 @dataclass
@@ -198,7 +206,7 @@ def plan(trace: pd.DataFrame, bundle, base: ClusterConfig, cfg: DynamoConfig) ->
             pool = replace(template, name=layouts[tp], tp=tp, instances=gpus // tp, sm_clock_mhz=clock,
                            max_input_tokens=hi_in, max_output_tokens=hi_out, models=None, standby=i > 0)
             (pools if i == 0 else standby).append((lo_in, pool))
-        class_plans.append(ClassPlan(int(code), name, used[0], gpus // used[0], schedule, gpus, layouts))
+        class_plans.append(ClassPlan(int(code), name, schedule, gpus, layouts))
     # routing takes the first pool that accepts a request: order pools by (input bin, output bin)
     # (standby layouts, never routed to, go after every routed pool; pool i < classes is class i's)
     ordered = [p for _, p in sorted(pools, key=lambda x: (x[0], x[1].max_output_tokens))]
