@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .sim_source import REASON_SW_POWER_CAP
+from .summary import power_capped
 
 JOINED_COLUMNS = ["observed_sm_clock_mhz", "power_capped_share", "max_temp_gpu_c"]
 
@@ -28,8 +28,7 @@ def join_window_telemetry(profile: pd.DataFrame, telemetry: pd.DataFrame) -> pd.
         t = samples["t_wall_s"].to_numpy()
         clock = samples["sm_clock_mhz"].to_numpy(dtype="float64", na_value=np.nan)
         temp = samples["temp_gpu_c"].to_numpy(dtype="float64", na_value=np.nan)
-        reasons = samples["clocks_event_reasons"]
-        capped = np.where(reasons.isna(), np.nan, (reasons.fillna(0).astype("int64") & REASON_SW_POWER_CAP) != 0)
+        capped = power_capped(samples["clocks_event_reasons"])
         for index, start, end in zip(rows.index, rows["window_start_wall_s"], rows["window_end_wall_s"]):
             if pd.isna(start) or pd.isna(end):
                 continue

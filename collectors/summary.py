@@ -51,6 +51,12 @@ def gpu_energy(frame: pd.DataFrame) -> tuple[float | None, str | None]:
     return (energy, "integrated_power") if energy is not None else (None, None)
 
 
+def power_capped(reasons: pd.Series) -> np.ndarray:
+    """Per sample of the clocks-event reason bitmask: 1 where the SW power-cap reason is set, 0 where
+    not, NaN where the reasons were not read."""
+    return np.where(reasons.isna(), np.nan, (reasons.fillna(0).astype("int64") & REASON_SW_POWER_CAP) != 0)
+
+
 def summarize_telemetry(table) -> pd.DataFrame:
     """One row per GPU: samples, duration, energy and method, mean/peak power, capping share."""
     frame = table.to_pandas() if hasattr(table, "to_pandas") else table
@@ -60,7 +66,7 @@ def summarize_telemetry(table) -> pd.DataFrame:
         duration = (g["t_mono_ns"].iloc[-1] - g["t_mono_ns"].iloc[0]) / 1e9
         energy, method = gpu_energy(g)
         power = g["power_instant_w"].where(g["power_instant_w"].notna(), g["power_avg_w"])
-        reasons = g["clocks_event_reasons"].dropna().astype("int64")
+        capped = power_capped(g["clocks_event_reasons"])
         lost = g["status"].dropna()
         rows.append({
             "host": host,
@@ -74,7 +80,7 @@ def summarize_telemetry(table) -> pd.DataFrame:
             "mean_power_w": energy / duration if energy is not None and duration > 0 else None,
             "peak_power_w": float(power.max()) if power.notna().any() else None,
             "max_temp_c": float(g["temp_gpu_c"].max()) if g["temp_gpu_c"].notna().any() else None,
-            "power_capped_share": float(((reasons & REASON_SW_POWER_CAP) != 0).mean()) if len(reasons) else None,
+            "power_capped_share": float(np.nanmean(capped)) if not np.isnan(capped).all() else None,
             "status": lost.iloc[-1] if len(lost) else "ok",
         })
     return pd.DataFrame(rows)
