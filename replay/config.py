@@ -60,6 +60,11 @@ except ModuleNotFoundError:  # Python 3.10
 from toolkit.errors import InputError
 
 
+# KVP: combining the groups' partial attention per iteration - one small NVLink collective per
+# layer, ~10 us each on H100 for a 32-layer model (an estimate, not a measurement)
+KVP_COMBINE_S = 3.2e-4
+
+
 @dataclass
 class PoolConfig:
     name: str = "default"
@@ -67,9 +72,7 @@ class PoolConfig:
     tp: int = 1
     pp: int = 1
     kvp: int = 1
-    # KVP: combining the groups' partial attention per iteration - one small NVLink collective per
-    # layer, ~10 us each on H100 for a 32-layer model (an estimate, not a measurement)
-    kvp_combine_s: float = 3.2e-4
+    kvp_combine_s: float = KVP_COMBINE_S
     models: str | None = None
     sm_clock_mhz: float | None = None
     max_batch_tokens: int = 4096

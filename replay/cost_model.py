@@ -35,6 +35,8 @@ from characterize.power_model import PowerModel
 from characterize.roofline_model import RooflineModel
 from characterize.terms import parse_term
 
+from .config import KVP_COMBINE_S
+
 PREFILL_TERMS = {(): "k0", (("c", 1.0),): "kc", (("c", 1.0), ("p", 1.0)): "kcp", (("c", 2.0),): "kc2", (("p", 1.0),): "kp"}
 DECODE_TERMS = {(): "d0", (("b", 1.0),): "db", (("b", 1.0), ("k", 1.0)): "dbk", (("k", 1.0),): "dk"}
 
@@ -95,12 +97,12 @@ class InstanceCost:
     gpus: int
     pp: int = 1
     kvp: int = 1
-    kvp_overhead_s: float = 3.2e-4  # per iteration with kvp > 1 (PoolConfig.kvp_combine_s)
+    kvp_overhead_s: float = KVP_COMBINE_S  # per iteration with kvp > 1 (PoolConfig.kvp_combine_s)
     pre_memory: dict[str, float] | None = None  # a roofline prefill model's memory piece (m0, mp)
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, pp: int = 1, kvp: int = 1,
-                    kvp_overhead_s: float = 3.2e-4) -> "InstanceCost":
+                    kvp_overhead_s: float = KVP_COMBINE_S) -> "InstanceCost":
         def latency_model(phase):
             model = bundle.find("latency_s", phase)
             if model is None:
