@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -18,6 +19,21 @@ class WattlasGroup(click.Group):
             return super().invoke(ctx)
         except WattlasError as exc:
             raise click.ClickException(str(exc)) from exc
+        except click.ClickException:
+            raise
+        except OSError as exc:  # permissions, read-only or full disks, vanished files
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+        except (EOFError, MemoryError, RecursionError, ValueError, TypeError, KeyError, IndexError,
+                ArithmeticError, RuntimeError, AssertionError, AttributeError) as exc:
+            # A failure no check anticipated: still one line (the traceback on request), never a
+            # bare "Aborted!" (click's word for EOFError) or a screen of frames.
+            if os.environ.get("WATTLAS_DEBUG"):
+                raise
+            message = " ".join(str(exc).split()) or "no message"
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {message[:300]} (WATTLAS_DEBUG=1 shows the traceback; "
+                "please report it)") from exc
 
 
 @click.group(cls=WattlasGroup, context_settings={"help_option_names": ["-h", "--help"]})

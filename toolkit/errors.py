@@ -16,7 +16,8 @@ class InputError(WattlasError):
 
     ``row`` is the 1-based data row (header excluded); ``line`` the 1-based line in a text
     file when it is known (so editors can jump to it).  Either may be None when the problem
-    concerns the whole file or a whole column.
+    concerns the whole file or a whole column.  ``key`` names a setting in a structured file
+    (TOML, JSON): ``pool[0].instances``, ``models.prefill.coefficients``.
     """
 
     source: str | Path | None
@@ -24,6 +25,7 @@ class InputError(WattlasError):
     row: int | None = None
     column: str | None = None
     line: int | None = None
+    key: str | None = None
 
     def __post_init__(self) -> None:
         super().__init__(str(self))
@@ -36,5 +38,7 @@ class InputError(WattlasError):
             parts.append(f"line {self.line}")
         if self.column is not None:
             parts.append(f"column {self.column}")
+        if self.key is not None:
+            parts.append(f"key {self.key}")
         # One line, always: embedded newlines from library messages would split it.
         return ": ".join(parts) + ": " + " ".join(self.message.split())

@@ -26,6 +26,7 @@ class Column:
     minimum: float | None = None
     integral: bool = False
     doc: str = ""
+    maximum: float | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,10 @@ TELEMETRY_SAMPLES = ArtifactSchema(
         _f64("pcie_rx_kbps", minimum=0),
         _i64("nvlink_tx_kib", "cumulative NVLink transmitted KiB, all links"),
         _i64("nvlink_rx_kib", "cumulative NVLink received KiB, all links"),
-        Column("status", pa.string(), doc="null while healthy; the reason when the GPU's stream ended"),
+        _i64("energy_epoch", "counter epoch: +1 whenever energy_j restarts (it went backwards, or NVML was "
+             "re-initialized after a driver reload); deltas are only taken within one epoch", required=False),
+        Column("status", pa.string(), doc="null while healthy; otherwise why the row holds no reading "
+               "('lost: ...', 'driver_unavailable: ...', 'read_error: ...', 'gap: ...')"),
     ),
 )
 

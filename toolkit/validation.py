@@ -118,3 +118,55 @@ def validate_frame(df: pd.DataFrame, schema: ArtifactSchema, ctx: RowContext, me
         raise ctx.error(message, pos, column)
     names = [c.name for c in schema.columns if c.name in arrays]
     return pa.Table.from_arrays([arrays[n] for n in names], schema=schema.arrow(names, metadata))
+
+
+# ---------------------------------------------------------------------------- scalar settings
+# Every number that enters from a file (TOML settings, JSON bundles, marker lines) passes here,
+# so the same rules - type, finiteness, sign, range - and the same one-line message apply.
+
+MAX_TOKENS = 2**31 - 1  # token counts and lengths: far above any context served, far below int64 overflow
+
+
+def check_number(
+    value: object,
+    source: str | Path | None,
+    key: str,
+    *,
+    integer: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    line: int | None = None,
+) -> float | int:
+    """``value`` as a finite int/float within bounds, or an :class:`InputError` naming ``key``.
+
+    Booleans and strings are refused (TOML ``instances = "2"`` or ``true`` is a mistake, not a
+    number); an integral float (``2.0``) is accepted where an integer is wanted, ``2.5`` is not.
+    """
+    def fail(rule: str) -> InputError:
+        return InputError(source, f"{rule} (got {_show(value)})", key=key, line=line)
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise fail("must be an integer" if integer else "must be a number")
+    number = float(value)
+    if not np.isfinite(number):
+        raise fail("must be finite")
+    if integer:
+        if number != np.floor(number):
+            raise fail("must be an integer")
+        if abs(number) >= 2**63:
+            raise fail("out of range")
+        number = int(value)
+    if minimum is not None and (number <= minimum if exclusive_minimum else number < minimum):
+        raise fail(f"must be {'>' if exclusive_minimum else '>='} {_show(minimum)}")
+    if maximum is not None and number > maximum:
+        raise fail(f"must be <= {_show(maximum)}")
+    return number
+
+
+def _show(value: object) -> str:
+    """A value as a person reads it: ``3.5``, not ``np.float64(3.5)``; long strings cut."""
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
