@@ -3,7 +3,13 @@
 Each metric is probed once when the source opens: one the GPU or driver does not support (or
 that needs permissions we lack) is recorded as null from then on, without calling NVML again.
 A supported metric that fails now and then (NotSupported, Timeout, Unknown) is null for that
-tick only.  ``GPU is lost`` / ``reset required`` raise :class:`GpuLost`.
+tick only.  ``GPU is lost`` / ``reset required`` raise :class:`GpuLost` (that GPU's stream
+ends); a GPU that fails while being opened is reported lost at once and the others are opened
+anyway.  Errors that concern the driver rather than a GPU (uninitialized, driver not loaded,
+library/driver version mismatch) raise :class:`DriverUnavailable`: a tick of nulls is never
+passed off as a healthy reading, and :meth:`NvmlSource.reopen` re-initializes when it is back.
+A cumulative NVLink counter is the sum over every active link, or null when one link's read
+failed (a partial sum would make the counter go backwards).
 
 Power: ``power_instant_w`` is field NVML_FI_DEV_POWER_INSTANT at GPU scope (MODULE scope on
 boards that only report that); ``power_avg_w`` is NVML_FI_DEV_POWER_AVERAGE, or
@@ -19,7 +25,7 @@ from typing import Callable
 
 from toolkit.errors import WattlasError
 
-from .source import READING_COLUMNS, GpuInfo, GpuLost
+from .source import READING_COLUMNS, DriverUnavailable, GpuInfo, GpuLost
 
 Getter = Callable[[object, object], dict]
 
@@ -103,6 +109,19 @@ class NvmlSource:
         n = self.nvml
         return self._code(exc) in (n.NVML_ERROR_GPU_IS_LOST, getattr(n, "NVML_ERROR_RESET_REQUIRED", -1))
 
+    def _is_driver_down(self, exc) -> bool:
+        n = self.nvml
+        return self._code(exc) in (n.NVML_ERROR_UNINITIALIZED, getattr(n, "NVML_ERROR_DRIVER_NOT_LOADED", -1),
+                                   getattr(n, "NVML_ERROR_LIB_RM_VERSION_MISMATCH", -1),
+                                   getattr(n, "NVML_ERROR_LIBRARY_NOT_FOUND", -1))
+
+    def _raise_if_fatal(self, exc) -> None:
+        """GPU lost -> GpuLost; driver gone -> DriverUnavailable; anything else is the caller's."""
+        if self._is_lost(exc):
+            raise GpuLost(str(exc)) from None
+        if self._is_driver_down(exc):
+            raise DriverUnavailable(str(exc)) from None
+
     def _is_permanent(self, exc) -> bool:
         n = self.nvml
         return self._code(exc) in (n.NVML_ERROR_NOT_SUPPORTED, n.NVML_ERROR_NO_PERMISSION,
@@ -115,15 +134,45 @@ class NvmlSource:
             n.nvmlInit()
         except n.NVMLError as exc:
             raise NvmlUnavailable(f"NVML unavailable ({exc}); no NVIDIA driver here? Use --backend sim for the simulated device") from None
-        infos = []
-        for index in range(n.nvmlDeviceGetCount()):
+        try:
+            return self.open_gpus()
+        except DriverUnavailable as exc:
+            raise NvmlUnavailable(str(exc)) from None
+
+    def _open_gpu(self, index: int) -> GpuInfo:
+        """Handle, identity and probed metrics of one GPU; a failure here is this GPU's alone."""
+        n = self.nvml
+        try:
             handle = n.nvmlDeviceGetHandleByIndex(index)
+            uuid = self._optional(lambda: _text(n.nvmlDeviceGetUUID(handle)))
+            name = self._optional(lambda: _text(n.nvmlDeviceGetName(handle)))
             gpu = _Gpu(index, handle)
             self._probe(gpu)
-            self.gpus[index] = gpu
-            infos.append(GpuInfo(index, self._optional(lambda: _text(n.nvmlDeviceGetUUID(handle))),
-                                 self._optional(lambda: _text(n.nvmlDeviceGetName(handle)))))
-        return infos
+        except (n.NVMLError, GpuLost, DriverUnavailable) as exc:
+            return GpuInfo(index, None, None, error=str(exc) or type(exc).__name__)
+        self.gpus[index] = gpu
+        return GpuInfo(index, uuid, name)
+
+    def reopen(self) -> list[GpuInfo]:
+        """Re-initialize NVML after the driver came back; GPUs are opened afresh (match them by UUID)."""
+        try:
+            self.nvml.nvmlShutdown()
+        except self.nvml.NVMLError:
+            pass
+        try:
+            self.nvml.nvmlInit()
+        except self.nvml.NVMLError as exc:
+            raise DriverUnavailable(f"NVML init failed ({exc})") from None
+        return self.open_gpus()
+
+    def open_gpus(self) -> list[GpuInfo]:
+        """Every GPU NVML lists now (NVML must be initialized)."""
+        try:
+            count = self.nvml.nvmlDeviceGetCount()
+        except self.nvml.NVMLError as exc:
+            raise DriverUnavailable(f"NVML cannot count GPUs ({exc})") from None
+        self.gpus = {}
+        return [self._open_gpu(index) for index in range(count)]
 
     def close(self) -> None:
         try:
@@ -135,8 +184,7 @@ class NvmlSource:
         try:
             return call()
         except self.nvml.NVMLError as exc:
-            if self._is_lost(exc):
-                raise GpuLost(str(exc)) from None
+            self._raise_if_fatal(exc)
             return None
 
     def _probe(self, gpu: _Gpu) -> None:
@@ -147,6 +195,7 @@ class NvmlSource:
                 try:
                     getter(gpu.handle)
                 except n.NVMLError as exc:
+                    self._raise_if_fatal(exc)
                     if self._is_permanent(exc):
                         skipped.append(name)
                         continue
@@ -173,8 +222,7 @@ class NvmlSource:
                 try:
                     (value,) = n.nvmlDeviceGetFieldValues(gpu.handle, [candidate])
                 except n.NVMLError as exc:
-                    if self._is_lost(exc):
-                        raise GpuLost(str(exc)) from None
+                    self._raise_if_fatal(exc)
                     break  # the field API itself is unavailable (old driver)
                 if value.nvmlReturn == n.NVML_SUCCESS:
                     gpu.fields.append(candidate)
@@ -198,8 +246,7 @@ class NvmlSource:
                 if n.nvmlDeviceGetNvLinkState(gpu.handle, link) == n.NVML_FEATURE_ENABLED:
                     links.append(link)
             except n.NVMLError as exc:
-                if self._is_lost(exc):
-                    raise GpuLost(str(exc)) from None
+                self._raise_if_fatal(exc)
                 break
         return links
 
@@ -226,8 +273,7 @@ class NvmlSource:
             try:
                 reading.update(getter(gpu.handle))
             except n.NVMLError as exc:
-                if self._is_lost(exc):
-                    raise GpuLost(str(exc)) from None
+                self._raise_if_fatal(exc)
                 # sporadic failure of a supported metric: null for this tick only
         if gpu.fields:
             self._read_fields(gpu, reading)
@@ -240,13 +286,15 @@ class NvmlSource:
         try:
             values = n.nvmlDeviceGetFieldValues(gpu.handle, gpu.fields)
         except n.NVMLError as exc:
-            if self._is_lost(exc):
-                raise GpuLost(str(exc)) from None
+            self._raise_if_fatal(exc)
             return
+        failed_links = set()
         for column, value in zip(gpu.field_columns, values):
             if value.nvmlReturn != self._success:
                 if value.nvmlReturn == n.NVML_ERROR_GPU_IS_LOST:
                     raise GpuLost("GPU is lost")
+                if column.startswith("nvlink"):
+                    failed_links.add(column)
                 continue
             number = getattr(value.value, self._members.get(value.valueType, "ullVal"))
             if column in ("power_instant_w", "power_avg_w"):
@@ -257,6 +305,8 @@ class NvmlSource:
                 reading[column] = (reading[column] or 0) + int(number)  # sum over active links
             else:
                 reading[column] = float(number)
+        for column in failed_links:
+            reading[column] = None
 
     def read_energy_power(self, gpu_index: int) -> tuple[float | None, float | None]:
         gpu = self.gpus[gpu_index]

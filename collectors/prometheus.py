@@ -34,6 +34,16 @@ def _escape(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def format_sample(value: float, scale: float = 1.0, integer: bool = False) -> str:
+    """A sample value in full precision: a counter in whole units (mJ: exact up to 9e15, i.e.
+    ~285 years of a 1 kW GPU), anything else as the shortest text that reads back to the same
+    float - never ``%g``, whose 6 digits make a 2.5e9 J counter move in 10 kJ steps."""
+    scaled = float(value) * scale
+    if integer or (scaled.is_integer() and abs(scaled) < 2**53):
+        return str(int(round(scaled)))
+    return repr(scaled)
+
+
 def format_textfile(rows: list[dict]) -> str:
     lines = []
     for metric, help_text, column, scale in METRICS:
@@ -46,7 +56,7 @@ def format_textfile(rows: list[dict]) -> str:
             labels = {"gpu": r["gpu_index"], "UUID": r.get("gpu_uuid") or "", "modelName": r.get("gpu_name") or "",
                       "Hostname": r.get("host") or "", "backend": r.get("backend") or ""}
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            lines.append(f"{metric}{{{label_text}}} {r[column] * scale:.6g}")
+            lines.append(f"{metric}{{{label_text}}} {format_sample(r[column], scale, integer=column == 'energy_j')}")
     return "\n".join(lines) + "\n"
 
 

@@ -20,10 +20,19 @@ class GpuInfo:
     index: int
     uuid: str | None
     name: str | None
+    error: str | None = None  # set when the GPU could not be opened: it is reported lost at once
 
 
 class GpuLost(Exception):
     """The GPU fell off the bus (or needs a reset); its stream ends, other GPUs go on."""
+
+
+class DriverUnavailable(Exception):
+    """The driver stopped answering for every GPU (unloaded, reloading, version mismatch).
+
+    Not a fault of one GPU: the sampler records the outage, retries :meth:`TelemetrySource.reopen`
+    with back-off, and starts a new energy-counter epoch when the driver is back.
+    """
 
 
 class TelemetrySource(Protocol):
@@ -41,6 +50,8 @@ class TelemetrySource(Protocol):
         """(energy counter J, power W) read at once, for precise window boundaries."""
 
     def close(self) -> None: ...
+
+    # Optional: ``reopen() -> list[GpuInfo]`` re-initializes after DriverUnavailable (NVML has it).
 
 
 def power_for_integration(reading: dict) -> float | None:

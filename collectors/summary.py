@@ -27,7 +27,7 @@ def load_windows(directory) -> pd.DataFrame:
 
 
 def integrate_power(t_s: np.ndarray, power_w: np.ndarray) -> float | None:
-    """Trapezoid integral of power over time, skipping gaps where power is unknown."""
+    """Trapezoid integral of power over time, skipping samples where power is unknown."""
     ok = ~np.isnan(power_w)
     if ok.sum() < 2:
         return None
@@ -35,20 +35,78 @@ def integrate_power(t_s: np.ndarray, power_w: np.ndarray) -> float | None:
     return float(np.sum(np.diff(t) * (p[1:] + p[:-1]) / 2.0))
 
 
-def gpu_energy(frame: pd.DataFrame) -> tuple[float | None, str | None]:
-    """Energy over one GPU's samples: counter delta when the counter covers every sample and
-    never runs backwards, else integrated power (instant where reported, else averaged)."""
+def bridge_limit_s(t_s: np.ndarray) -> float:
+    """The longest stretch between two samples that is still integrated across: 20 sampling periods,
+    at least 5 s (the sampler's own rule), so an outage is never filled in by a straight line."""
+    steps = np.diff(t_s)
+    steps = steps[steps > 0]
+    return max(5.0, 20.0 * float(np.median(steps))) if steps.size else 5.0
+
+
+def _stretches(t: np.ndarray, epoch: np.ndarray, max_gap_s: float | None) -> list[slice]:
+    """Index ranges within which a cumulative value or an integral may be differenced."""
+    breaks = epoch[1:] != epoch[:-1]
+    if max_gap_s is not None:
+        breaks |= np.diff(t) > max_gap_s
+    edges = [0, *(np.flatnonzero(breaks) + 1), len(t)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a >= 2]
+
+
+def gpu_energy(frame: pd.DataFrame) -> tuple[float | None, str | None, float]:
+    """(energy J, method, unmeasured seconds) over one GPU's samples.
+
+    With the energy counter: the sum of counter deltas within each counter epoch (a reset or a
+    driver reload starts a new epoch; a decrease inside one is treated as a reset too).  Without
+    it: power integrated over unbroken stretches (instant power where reported, else averaged),
+    never across a hole longer than :func:`bridge_limit_s`.  Time between stretches is unmeasured
+    and returned as such, so a total never silently leaves out an outage.
+    """
     frame = frame.sort_values("t_mono_ns")
     healthy = frame[frame["status"].isna()]
+    t_all = healthy["t_mono_ns"].to_numpy(dtype="float64") / 1e9
+    span = float(t_all[-1] - t_all[0]) if t_all.size >= 2 else 0.0
+    epochs_all = (healthy["energy_epoch"].fillna(0).to_numpy(dtype="int64") if "energy_epoch" in healthy
+                  else np.zeros(len(healthy), dtype="int64"))
     counter = healthy["energy_j"].to_numpy(dtype="float64", na_value=np.nan)
-    if counter.size >= 2 and not np.isnan(counter).any() and (np.diff(counter) >= 0).all():
-        return float(counter[-1] - counter[0]), "counter"
-    t = healthy["t_mono_ns"].to_numpy(dtype="float64") / 1e9
+    has = ~np.isnan(counter)
+    if has.sum() >= 2:
+        t, c = t_all[has], counter[has]
+        epoch = epochs_all[has].copy()
+        epoch[1:] += np.cumsum(np.diff(c) < 0)  # files from before epochs were recorded
+        parts = _stretches(t, epoch, None)
+        if parts:
+            energy = sum(float(c[p][-1] - c[p][0]) for p in parts)
+            covered = sum(float(t[p][-1] - t[p][0]) for p in parts)
+            return energy, "counter", max(0.0, span - covered)
     power = healthy["power_instant_w"].to_numpy(dtype="float64", na_value=np.nan)
     if np.isnan(power).all():
         power = healthy["power_avg_w"].to_numpy(dtype="float64", na_value=np.nan)
-    energy = integrate_power(t, power)
-    return (energy, "integrated_power") if energy is not None else (None, None)
+    has = ~np.isnan(power)
+    t, p, epoch = t_all[has], power[has], epochs_all[has]
+    parts = _stretches(t, epoch, bridge_limit_s(t))
+    if not parts:
+        return None, None, span
+    energy = sum(integrate_power(t[q], p[q]) for q in parts)
+    covered = sum(float(t[q][-1] - t[q][0]) for q in parts)
+    return energy, "integrated_power", max(0.0, span - covered)
+
+
+def _status(statuses: pd.Series, unmeasured_s: float, duration_s: float) -> str:
+    """'lost: ...' for a stream that ended; 'ok' when complete; otherwise what happened, counted."""
+    lost = statuses[statuses.str.startswith("lost")]
+    if len(lost):
+        return lost.iloc[-1]
+    counts = {kind: int(statuses.str.startswith(prefix).sum()) for kind, prefix in
+              (("driver outages", "driver_unavailable"), ("read-error streaks", "read_error:"),
+               ("storage gaps", "gap:"))}
+    notes = [f"{n} {kind}" for kind, n in counts.items() if n]
+    lost_rows = statuses[statuses.str.startswith("gap:") & ~statuses.str.contains("no rows lost")]
+    if len(lost_rows):
+        notes.append("rows lost in a storage gap")
+    # Sub-tick holes (a sample a little late) are not worth a word; a second or 1 % is.
+    if unmeasured_s > max(1.0, 0.01 * duration_s):
+        notes.append(f"{unmeasured_s:.1f} s of {duration_s:.1f} s unmeasured")
+    return "ok" if not notes else "degraded: " + ", ".join(notes)
 
 
 def power_capped(reasons: pd.Series) -> np.ndarray:
@@ -64,10 +122,9 @@ def summarize_telemetry(table) -> pd.DataFrame:
     for (host, gpu), g in frame.groupby(["host", "gpu_index"], sort=True):
         g = g.sort_values("t_mono_ns")
         duration = (g["t_mono_ns"].iloc[-1] - g["t_mono_ns"].iloc[0]) / 1e9
-        energy, method = gpu_energy(g)
+        energy, method, unmeasured = gpu_energy(g)
         power = g["power_instant_w"].where(g["power_instant_w"].notna(), g["power_avg_w"])
         capped = power_capped(g["clocks_event_reasons"])
-        lost = g["status"].dropna()
         rows.append({
             "host": host,
             "gpu_index": int(gpu),
@@ -77,11 +134,13 @@ def summarize_telemetry(table) -> pd.DataFrame:
             "duration_s": float(duration),
             "energy_j": energy,
             "energy_method": method,
-            "mean_power_w": energy / duration if energy is not None and duration > 0 else None,
+            "unmeasured_s": unmeasured,
+            # Over the measured time only: an outage neither dilutes nor inflates it.
+            "mean_power_w": energy / (duration - unmeasured) if energy is not None and duration - unmeasured > 0 else None,
             "peak_power_w": float(power.max()) if power.notna().any() else None,
             "max_temp_c": float(g["temp_gpu_c"].max()) if g["temp_gpu_c"].notna().any() else None,
             "power_capped_share": float(np.nanmean(capped)) if not np.isnan(capped).all() else None,
-            "status": lost.iloc[-1] if len(lost) else "ok",
+            "status": _status(g["status"].dropna().astype(str), unmeasured, float(duration)),
         })
     return pd.DataFrame(rows)
 
@@ -91,6 +150,8 @@ def format_summary(summary: pd.DataFrame) -> str:
     for row in summary.itertuples():
         label = " [SIMULATED]" if row.backend == "sim" else ""
         energy = "energy n/a" if row.energy_j is None or pd.isna(row.energy_j) else f"{row.energy_j:,.1f} J ({row.energy_method})"
+        if row.unmeasured_s > 0 and row.energy_j is not None and not pd.isna(row.energy_j):
+            energy += f" over {row.duration_s - row.unmeasured_s:.1f} s measured"
         mean = "" if row.mean_power_w is None or pd.isna(row.mean_power_w) else f", mean {row.mean_power_w:.1f} W"
         peak = "" if row.peak_power_w is None or pd.isna(row.peak_power_w) else f", peak {row.peak_power_w:.1f} W"
         lines.append(f"{row.host} GPU {row.gpu_index} {row.gpu_name or ''}{label}: {row.samples} samples over "

@@ -7,8 +7,11 @@ resolved by linear interpolation, so windows announced after the fact (marker fi
 processes) cost no history: each GPU keeps only its previous observation.
 
 Per GPU and window: ``energy_method`` is ``counter`` when the NVML energy counter was read at both
-edges and did not go backwards (driver reload), else ``integrated_power`` when power was
-observed, else energy is null.  The counter itself only moves every 20-100 ms, so windows shorter
+edges within one counter epoch (the sampler starts a new epoch when the counter goes backwards or
+the driver is reloaded), else ``integrated_power`` when power was observed without a break, else
+energy is null.  Power is never integrated across a break - a driver outage, a failed read, or
+observations further apart than ``max_bridge_s`` - because what was drawn then is unknown: a
+window spanning one has null energy unless the counter spans it.  The counter itself only moves every 20-100 ms, so windows shorter
 than ``COUNTER_STEP_S`` use integrated power (read at their edges) when power is observed, and
 windows not much longer are still quantized: measure short work by repeating it inside one window
 (the profiler does).
@@ -29,6 +32,8 @@ COUNTER_STEP_S = 0.1  # the slowest update period of NVML's energy counter seen 
 class _Edge:
     counter: float | None
     integral: float | None
+    epoch: int = 0  # counter epoch the counter value belongs to
+    segment: int = 0  # unbroken stretch of power observations the integral belongs to
 
 
 class _GpuHistory:
@@ -38,26 +43,35 @@ class _GpuHistory:
     are still interpolated between the observations that surround them.
     """
 
-    def __init__(self, horizon_s: float) -> None:
+    def __init__(self, horizon_s: float, max_bridge_s: float | None = None) -> None:
         self.horizon_s = horizon_s
+        self.max_bridge_s = max_bridge_s
         self.t: list[float] = []
-        self.obs: list[tuple[float | None, float | None, float | None]] = []  # counter, power, integral
+        # counter, power, integral, counter epoch, integral segment
+        self.obs: list[tuple[float | None, float | None, float | None, int, int]] = []
         self.integral = 0.0
         self.has_power = False
         self.lost = False
+        self.segment = 0
+        self.broken = False  # the next observation starts a new segment
 
     @property
     def last_t(self) -> float | None:
         return self.t[-1] if self.t else None
 
-    def add(self, t: float, counter: float | None, power: float | None) -> None:
+    def add(self, t: float, counter: float | None, power: float | None, epoch: int = 0) -> None:
         if self.t:
-            prev_power = self.obs[-1][1]
-            if power is not None and prev_power is not None:
-                self.integral += (t - self.t[-1]) * (power + prev_power) / 2.0
+            too_far = self.max_bridge_s is not None and t - self.t[-1] > self.max_bridge_s
+            if self.broken or too_far:
+                self.segment += 1
+            else:
+                prev_power = self.obs[-1][1]
+                if power is not None and prev_power is not None:
+                    self.integral += (t - self.t[-1]) * (power + prev_power) / 2.0
+        self.broken = False
         self.has_power = self.has_power or power is not None
         self.t.append(t)
-        self.obs.append((counter, power, self.integral if self.has_power else None))
+        self.obs.append((counter, power, self.integral if self.has_power else None, epoch, self.segment))
         cut = bisect.bisect_left(self.t, t - self.horizon_s)
         if cut > len(self.t) // 2:  # trim in bulk: amortized O(1)
             del self.t[:cut], self.obs[:cut]
@@ -65,20 +79,18 @@ class _GpuHistory:
     def edge_at(self, tb: float) -> _Edge:
         """Counter and integral at time ``tb`` (<= the last observation), interpolated."""
         i = bisect.bisect_left(self.t, tb)
-        if i == 0:
-            counter, _, integral = self.obs[0]
-            return _Edge(counter, integral)
-        if i < len(self.t) and self.t[i] == tb:
-            counter, _, integral = self.obs[i]
-            return _Edge(counter, integral)
+        if i == 0 or (i < len(self.t) and self.t[i] == tb):
+            counter, _, integral, epoch, segment = self.obs[i]
+            return _Edge(counter, integral, epoch, segment)
         t0, t1 = self.t[i - 1], self.t[i]
-        (c0, p0, i0), (c1, p1, _) = self.obs[i - 1], self.obs[i]
+        (c0, p0, i0, e0, s0), (c1, p1, _, e1, s1) = self.obs[i - 1], self.obs[i]
         frac = (tb - t0) / (t1 - t0)
-        counter = c0 + frac * (c1 - c0) if c0 is not None and c1 is not None else None
-        if p0 is not None and p1 is not None and i0 is not None:
+        # Nothing is interpolated across an epoch change or a break: the edge is unknown there.
+        counter = c0 + frac * (c1 - c0) if c0 is not None and c1 is not None and e0 == e1 else None
+        if p0 is not None and p1 is not None and i0 is not None and s0 == s1:
             pb = p0 + frac * (p1 - p0)
-            return _Edge(counter, i0 + (tb - t0) * (p0 + pb) / 2.0)
-        return _Edge(counter, None)
+            return _Edge(counter, i0 + (tb - t0) * (p0 + pb) / 2.0, e1, s1)
+        return _Edge(counter, None, e1, s1)
 
     def power_between(self, start: float, end: float) -> list[float] | None:
         """Observed powers in [start, end]; None when the history no longer reaches ``start``."""
@@ -108,8 +120,8 @@ class Window:
 
 class WindowTracker:
     def __init__(self, gpus: list[int], run_id: str, backend: str, wall_offset: float = 0.0,
-                 history_s: float = 120.0) -> None:
-        self.state = {g: _GpuHistory(history_s) for g in gpus}
+                 history_s: float = 120.0, max_bridge_s: float | None = None) -> None:
+        self.state = {g: _GpuHistory(history_s, max_bridge_s) for g in gpus}
         self.run_id = run_id
         self.backend = backend
         self.wall_offset = wall_offset  # wall = monotonic + offset
@@ -134,11 +146,11 @@ class WindowTracker:
         self._finish_ready()
 
     # ------------------------------------------------------------------ observations
-    def observe(self, gpu: int, t: float, counter: float | None, power: float | None) -> None:
+    def observe(self, gpu: int, t: float, counter: float | None, power: float | None, epoch: int = 0) -> None:
         st = self.state[gpu]
         if st.lost or (st.last_t is not None and t < st.last_t):
             return
-        st.add(t, counter, power)
+        st.add(t, counter, power, epoch)
         for window in self.open_windows:
             if gpu not in window.start_edges and window.start <= t:
                 window.start_edges[gpu] = st.edge_at(window.start)
@@ -149,6 +161,10 @@ class WindowTracker:
                 window.peak[gpu] = max(window.peak.get(gpu, power), power)
                 window.samples[gpu] = window.samples.get(gpu, 0) + 1
         self._finish_ready()
+
+    def gap(self, gpu: int) -> None:
+        """The GPU went unobserved for a while (driver outage, failed reads): never integrate across."""
+        self.state[gpu].broken = True
 
     def gpu_lost(self, gpu: int) -> None:
         """The GPU's stream ended: its pending edges resolve to unknown energy."""
@@ -192,8 +208,8 @@ class WindowTracker:
             window.samples[gpu] = len(powers)
         duration = window.end - window.start
         energy, method = None, None
-        counter_ok = a.counter is not None and b.counter is not None and b.counter >= a.counter
-        integral_ok = a.integral is not None and b.integral is not None
+        counter_ok = a.counter is not None and b.counter is not None and a.epoch == b.epoch and b.counter >= a.counter
+        integral_ok = a.integral is not None and b.integral is not None and a.segment == b.segment
         # The counter moves in steps of up to COUNTER_STEP_S: a shorter window reads zero or a whole
         # step (kilowatts over a millisecond), so there power read at its edges is the better figure;
         # so it is for a counter that did not move at all while power was drawn.

@@ -17,6 +17,22 @@ from typing import Callable
 import pynvml
 
 
+class FakeClock:
+    """Virtual seconds for tests, to share between FakeNVML(clock=...), the sampler and the code under
+    test: time moves only when ``advance`` is called (pass it where a ``sleep`` is taken), so every
+    duration read from it is exact however busy the machine is."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass (a sleep that returns at once)."""
+        self.now += seconds
+
+
 @dataclass
 class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
@@ -35,6 +51,7 @@ class FakeGpu:
     reads: int = 0
     integral: tuple[float, float] = (0.0, 5e8)  # (seconds since init, mJ)
     counter_step_s: float | None = None  # the energy counter only moves every this many seconds (20-100 ms on real GPUs)
+    nvlink_fail_calls: set[int] = field(default_factory=set)  # "fields" call numbers on which link 0 fails
 
 
 def _err(code):
@@ -49,6 +66,7 @@ class FakeNVML:
         self.clock = clock
         self.t0 = None
         self.initialized = False
+        self.driver_loaded = True  # unload_driver() / load_driver() simulate a driver reload
 
     def __getattr__(self, name):
         value = getattr(pynvml, name)
@@ -89,7 +107,21 @@ class FakeNVML:
         return energy
 
     # ------------------------------------------------------------------ library
+    def unload_driver(self) -> None:
+        """Every call fails (Uninitialized) and nvmlInit fails (DriverNotLoaded) until load_driver()."""
+        self.initialized = False
+        self.driver_loaded = False
+
+    def load_driver(self, reset_counters: bool = True) -> None:
+        """The driver is back; a reloaded driver's energy counters restart from zero."""
+        self.driver_loaded = True
+        if reset_counters:
+            for gpu in self.gpus:
+                gpu.integral = (self._t(), 0.0)
+
     def nvmlInit(self):
+        if not self.driver_loaded:
+            raise _err(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
         self.initialized = True
         if self.t0 is None:  # the GPU's counters run on across init/shutdown, as a driver's do
             self.t0 = self.clock()
@@ -219,5 +251,8 @@ class FakeNVML:
             elif field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP and gpu.memory_temp:
                 v.valueType, v.value.uiVal, v.nvmlReturn = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, 61, 0
             elif field_id in (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX) and scope < gpu.nvlinks:
+                if scope == 0 and gpu.calls["fields"] in gpu.nvlink_fail_calls:
+                    v.nvmlReturn = pynvml.NVML_ERROR_UNKNOWN
+                    continue
                 v.valueType, v.value.ullVal, v.nvmlReturn = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, 1000 * (scope + 1), 0
         return values
