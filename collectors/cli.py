@@ -135,8 +135,10 @@ def run(command: tuple[str, ...], **opts) -> None:
                     click.echo("interrupted: command stopped, flushing what was collected", err=True)
         finally:
             sampler.stop()
-    for problem in sampler.markers.errors:
+    for problem in sampler.markers.errors[:10]:
         click.echo(f"warning: {problem}", err=True)
+    if sampler.markers.error_count > 10:
+        click.echo(f"warning: {sampler.markers.error_count - 10} more bad marker lines skipped", err=True)
     _print_summary(out_dir)
     sys.exit(128 - returncode if returncode < 0 else returncode)  # killed by signal N: exit 128+N, as a shell does
 
@@ -163,7 +165,10 @@ def daemon(rotate: str, retention: str, prom_textfile: Path | None, max_runtime:
         try:
             while deadline is None or time.monotonic() < deadline:
                 for prefix in ("telemetry", "windows"):
-                    apply_retention(opts["out_dir"], prefix, keep_s)
+                    try:
+                        apply_retention(opts["out_dir"], prefix, keep_s)
+                    except OSError as exc:  # retention failing is no reason to stop collecting
+                        click.echo(f"warning: retention in {opts['out_dir']}: {exc}", err=True)
                 time.sleep(min(60.0, max(0.05, (deadline - time.monotonic()) if deadline else 60.0)))
         except KeyboardInterrupt:
             click.echo("stopping: flushing what was collected", err=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -220,8 +221,8 @@ class Sampler:
     def close(self) -> None:
         """Close the windows still open, write what is buffered and finalize the segments.
 
-        Raises (one ``OSError``) only if rows could not be written even now; they were kept in
-        memory until then and are lost with the process.
+        Raises (one ``OSError``) only if rows could not be written even now; they are then saved
+        in a new directory under the system's temporary directory, which the message names.
         """
         if not self._opened:
             return
@@ -243,7 +244,23 @@ class Sampler:
             if queue.store is not None and not unwritten:
                 queue.store.close()
         if unwritten:
-            raise OSError(f"{unwritten} rows could not be written to {self.out_dir} ({self._write.reason})")
+            raise OSError(f"{unwritten} rows could not be written to {self.out_dir} ({self._write.reason}); "
+                          f"{self._rescue()}")
+
+    def _rescue(self) -> str:
+        """Last resort at exit: the rows the output directory refused go to a fresh temporary directory."""
+        try:
+            rescue = Path(tempfile.mkdtemp(prefix="wattlas-unwritten-"))
+            for prefix, queue, schema in (("telemetry", self._telemetry, self.telemetry_schema),
+                                          ("windows", self._windows, self.windows_schema)):
+                if queue.tables:
+                    writer = SegmentWriter(rescue, prefix, schema)
+                    writer.append(pa.concat_tables(queue.tables))
+                    writer.close()
+                    queue.tables = []
+        except Exception as exc:
+            return f"saving them elsewhere failed too ({_describe(exc)})"
+        return f"saved to {rescue} instead (move them next to the others)"
 
     def __enter__(self) -> "Sampler":
         return self.start()

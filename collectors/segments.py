@@ -84,7 +84,6 @@ class _Stream:
 
     def contents(self) -> pa.Buffer:
         """The durable bytes, read through the descriptor (works after the path was removed)."""
-        self.handle.flush()
         return pa.py_buffer(os.pread(self.handle.fileno(), self.durable_size, 0))
 
 
@@ -145,7 +144,9 @@ class SegmentWriter:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         name = f"{self.prefix}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}{LIVE_SUFFIX}"
         hidden = self.directory / f".{name}.new"  # out of every glob until it is locked
-        handle = open(hidden, "x+b")  # readable too: a stream whose path is gone is converted through it
+        # Unbuffered, so a failed write leaves nothing queued to surface later; readable, so a stream
+        # whose path is gone can still be converted through the descriptor.
+        handle = open(hidden, "x+b", buffering=0)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             os.rename(hidden, self.directory / name)

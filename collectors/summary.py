@@ -91,22 +91,29 @@ def gpu_energy(frame: pd.DataFrame) -> tuple[float | None, str | None, float]:
     return energy, "integrated_power", max(0.0, span - covered)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _status(statuses: pd.Series, unmeasured_s: float, duration_s: float) -> str:
     """'lost: ...' for a stream that ended; 'ok' when complete; otherwise what happened, counted."""
     lost = statuses[statuses.str.startswith("lost")]
     if len(lost):
         return lost.iloc[-1]
-    counts = {kind: int(statuses.str.startswith(prefix).sum()) for kind, prefix in
-              (("driver outages", "driver_unavailable"), ("read-error streaks", "read_error:"),
-               ("storage gaps", "gap:"))}
-    notes = [f"{n} {kind}" for kind, n in counts.items() if n]
-    lost_rows = statuses[statuses.str.startswith("gap:") & ~statuses.str.contains("no rows lost")]
-    if len(lost_rows):
-        notes.append("rows lost in a storage gap")
+    gaps = statuses[statuses.str.startswith("gap:")]
+    rows_lost = int((~gaps.str.contains("no rows lost")).sum())
+    notes = [_count(n, noun) for n, noun in (
+        (int(statuses.str.startswith("driver_unavailable").sum()), "driver outage"),
+        (int(statuses.str.startswith("read_error:").sum()), "read-error streak"),
+        (rows_lost, "storage gap with rows lost"),
+    ) if n]
     # Sub-tick holes (a sample a little late) are not worth a word; a second or 1 % is.
     if unmeasured_s > max(1.0, 0.01 * duration_s):
         notes.append(f"{unmeasured_s:.1f} s of {duration_s:.1f} s unmeasured")
-    return "ok" if not notes else "degraded: " + ", ".join(notes)
+    if notes:
+        return "degraded: " + ", ".join(notes)
+    stalls = len(gaps) - rows_lost  # the disk was full for a while, but every row got written
+    return "ok" if not stalls else f"ok ({_count(stalls, 'write stall')}, no rows lost)"
 
 
 def power_capped(reasons: pd.Series) -> np.ndarray:

@@ -187,7 +187,7 @@ def test_disk_full_for_ten_seconds_then_freed(tmp_path):
     assert "no rows lost" in gaps["status"].iloc[0]
     assert "ENOSPC" in gaps["status"].iloc[0] or "No space" in gaps["status"].iloc[0]
     assert attempts_while_full <= 6  # backed off (1, 2, 2, 2 ... s): not one attempt per flush
-    assert sampler.gaps and summarize_telemetry(frame)["status"].str.startswith("degraded").all()
+    assert sampler.gaps and (summarize_telemetry(frame)["status"] == "ok (1 write stall, no rows lost)").all()
 
 
 def test_an_outage_longer_than_the_buffer_drops_the_oldest_and_says_so(tmp_path):
@@ -296,7 +296,7 @@ def test_driver_unloaded_mid_run_is_said_and_energy_never_silently_short(tmp_pat
     readings = frame[frame["status"].isna()]
     assert readings["energy_epoch"].max() == 1 and readings["energy_j"].notna().all()  # no rows of nulls
     (row,) = summarize_telemetry(frame).to_dict("records")
-    assert row["status"].startswith("degraded") and "1 driver outages" in row["status"]
+    assert row["status"].startswith("degraded: 1 driver outage,")
     assert row["energy_method"] == "counter"
     # 20 s drawn at 300 W; ~4 s of it while the driver was away: said, not hidden
     assert 4.0 <= row["unmeasured_s"] <= 4.0 + MAX_RETRY_S + PERIOD  # noticed within one back-off
@@ -420,3 +420,62 @@ def test_prometheus_energy_counter_is_exact_in_millijoules():
     values = {line.split("{")[0]: line.rsplit(" ", 1)[1] for line in text.splitlines() if not line.startswith("#")}
     assert values["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"] == "2500000123456"
     assert values["DCGM_FI_DEV_POWER_USAGE"] == "312.25"
+
+
+# ---------------------------------------------------------------------------- a real full disk
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 16 MiB tmpfs (needs root and mount permission; skipped elsewhere)."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_real_disk_full_then_freed_is_a_recorded_stall(small_tmpfs):
+    """The collector process on a filesystem that fills up and frees again: it keeps sampling, the
+    stall is recorded, and every row taken before, during and after is stored exactly once."""
+    out = small_tmpfs / "out"
+    proc = _collector(out)
+    try:
+        _wait_for(lambda: bool(list(out.glob("telemetry-*.arrows"))))
+        before = telemetry(out)
+        filler = small_tmpfs / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # to ENOSPC
+        _wait_for(lambda: "cannot write" in _peek_stderr(proc))
+        filler.unlink()
+        _wait_for(lambda: "gap: output not writable" in _peek_stderr(proc))
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert returncode == 0, _peek_stderr(proc)
+    frame = telemetry(out)
+    readings = frame[frame["status"].isna()]
+    key = ["gpu_index", "t_mono_ns"]
+    assert not readings.duplicated(key).any()
+    assert set(map(tuple, before[key].to_numpy())) <= set(map(tuple, readings[key].to_numpy()))
+    gap = frame[frame["status"].fillna("").str.startswith("gap:")]
+    assert len(gap) == 1 and "No space left" in gap["status"].iloc[0]
+    assert (readings["t_mono_ns"] > gap["t_mono_ns"].iloc[0]).any()  # it went on after the stall
+
+
+_stderr_seen: dict[int, str] = {}
+
+
+def _peek_stderr(proc) -> str:
+    """What the collector printed on stderr so far (read without blocking)."""
+    import fcntl
+
+    fd = proc.stderr.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    try:
+        chunk = proc.stderr.read()
+    except (BlockingIOError, TypeError):
+        chunk = None
+    _stderr_seen[proc.pid] = _stderr_seen.get(proc.pid, "") + (chunk or "")
+    return _stderr_seen[proc.pid]
