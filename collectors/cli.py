@@ -56,23 +56,27 @@ def sigterm_as_interrupt():
 def sampler_options(func):
     @click.option("--backend", type=click.Choice(["nvml", "sim"]), default="nvml", show_default=True,
                   help="nvml: real GPUs; sim: the simulated device (output labelled simulated).")
-    @click.option("--sim-gpus", type=int, default=1, show_default=True, help="GPUs of the simulated device.")
+    @click.option("--sim-gpus", type=click.IntRange(1, 1024), default=1, show_default=True, help="GPUs of the simulated device.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated device.")
     @click.option("--period", "period_s", type=float, default=0.1, show_default=True, help="Sampling period, s (>= 0.01).")
-    @click.option("--flush", "flush_s", type=float, default=1.0, show_default=True, help="Flush interval, s: the most a crash can lose.")
+    @click.option("--flush", "flush_s", type=click.FloatRange(0, 3600, min_open=True), default=1.0, show_default=True, help="Flush interval, s: the most a crash can lose.")
     @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
+    @click.option("--gpus", default=None, help="Only these GPUs: indices or UUIDs, comma-separated (indices count the "
+                  "GPUs CUDA_VISIBLE_DEVICES leaves visible; default: all of those).")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
     return wrapper
 
 
-def _build_sampler(backend, sim_gpus, seed, period_s, flush_s, out_dir, **extra):
+def _build_sampler(backend, sim_gpus, seed, period_s, flush_s, out_dir, gpus, **extra):
     from .sampler import Sampler
 
-    if period_s < 0.01:
+    if not period_s >= 0.01:
         raise click.BadParameter("the sampling period must be at least 0.01 s", param_hint="--period")
-    return Sampler(make_source(backend, sim_gpus, seed), out_dir, period_s=period_s, flush_s=flush_s, **extra)
+    if not flush_s > 0:
+        raise click.BadParameter("the flush interval must be > 0 s", param_hint="--flush")
+    return Sampler(make_source(backend, sim_gpus, seed), out_dir, period_s=period_s, flush_s=flush_s, gpus=gpus, **extra)
 
 
 def _print_summary(out_dir: Path) -> None:

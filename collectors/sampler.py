@@ -39,7 +39,9 @@ import pyarrow as pa
 
 from toolkit.schemas import PHASE_WINDOWS, SIMULATED_KEY, TELEMETRY_SAMPLES
 
+from .gpu_selection import select_gpus
 from .markers import MarkerReader
+from .measurement import Measurement
 from .segments import SegmentWriter
 from .source import DriverUnavailable, GpuLost, TelemetrySource, power_for_integration
 from .windows import WindowTracker
@@ -137,6 +139,7 @@ class Sampler:
         run_id: str | None = None,
         on_flush: Callable[[list[dict]], None] | None = None,
         max_buffer_rows: int = 500_000,
+        gpus: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -154,6 +157,7 @@ class Sampler:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.on_flush = on_flush
         self.max_buffer_rows = max_buffer_rows
+        self.gpu_spec = gpus
         self.clock = clock
         self.wall_clock = wall_clock
         self.host = socket.gethostname()
@@ -164,6 +168,7 @@ class Sampler:
         self._rows: list[dict] = []
         self._latest: dict[int, dict] = {}
         self._marker_windows: dict[str, list] = {}
+        self._named_windows: dict[str, object] = {}  # begin_window / end_window
         self.ticks = 0
         self.missed_ticks = 0
         self.lost: dict[int, str] = {}
@@ -179,7 +184,7 @@ class Sampler:
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> "Sampler":
         """Open the source and the stores (errors here are the caller's: nothing is collected yet)."""
-        infos = self.source.open()
+        infos = select_gpus(self.source.open(), self.gpu_spec)
         self.gpus = {info.index: info for info in infos}
         self.started_wall = self.wall_clock()
         self.wall_offset = self.started_wall - self.clock()
@@ -501,21 +506,47 @@ class Sampler:
                 energy = None  # a reset between ticks: the next tick opens the new epoch
             self.tracker.observe(gpu, max(t, self.clock()), energy, power, self.epoch[gpu])
 
-    @contextmanager
-    def window(self, name: str, **attrs):
-        """Measure the energy of the enclosed code on every GPU; rows go to the windows store.
-
-        The yielded window's ``rows`` are filled as soon as it closes (edges are read
-        synchronously, so no waiting for the next tick).
-        """
+    def _open_window(self, name: str, attrs: dict):
         with self._lock:
             t0 = self.clock()
             window = self.tracker.open(name, t0, attrs)
             self._edge_reads(t0)
+        return window
+
+    def _close_window(self, window) -> None:
+        with self._lock:
+            t1 = self.clock()
+            self.tracker.close(window, t1)
+            self._edge_reads(t1)
+
+    def begin_window(self, name: str, **attrs) -> None:
+        """Start measuring ``name`` on every GPU (as Zeus's monitor does; one open window per name)."""
+        if name in self._named_windows:
+            raise ValueError(f"window {name!r} is already open")
+        self._named_windows[name] = self._open_window(name, attrs)
+
+    def end_window(self, name: str) -> Measurement:
+        """Close ``name`` and return its :class:`Measurement` (its rows also go to the windows store)."""
+        try:
+            window = self._named_windows.pop(name)
+        except KeyError:
+            raise ValueError(f"no open window {name!r}") from None
+        self._close_window(window)
+        if window.rows is None:  # the driver is away: edges resolve later, the energy is unknown now
+            unknown = dict.fromkeys(self.gpus)
+            return Measurement(name, window.end - window.start, unknown, dict(unknown), window.start + self.wall_offset,
+                               window.end + self.wall_offset, self.source.simulated, dict(window.attrs))
+        return Measurement.from_rows(window.rows, simulated=self.source.simulated)
+
+    @contextmanager
+    def window(self, name: str, **attrs):
+        """Measure the energy of the enclosed code on every GPU; rows go to the windows store.
+
+        The yielded window's ``rows`` are filled as soon as it closes: edges are read
+        synchronously, so there is no waiting for the next tick.
+        """
+        window = self._open_window(name, attrs)
         try:
             yield window
         finally:
-            with self._lock:
-                t1 = self.clock()
-                self.tracker.close(window, t1)
-                self._edge_reads(t1)
+            self._close_window(window)
