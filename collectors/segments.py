@@ -34,6 +34,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from toolkit.errors import InputError
 from toolkit.parquet_io import atomic_write_table
 
 LIVE_SUFFIX = ".arrows"
@@ -281,7 +282,7 @@ def read_segments(directory: str | Path, prefix: str, schema: pa.Schema) -> pa.T
             converted = sorted(path.parent.glob(f"{path.stem}*.parquet"))
             table = _read_segment(converted[0]) if converted else None
         if table is not None and table.num_rows:
-            tables.append(_conform(table, schema))
+            tables.append(_conform(table, schema, path))
     if not tables:
         return schema.empty_table()
     return pa.concat_tables(tables)
@@ -292,13 +293,21 @@ def _read_segment(path: Path) -> pa.Table | None:
         return read_stream_salvaging(path) if path.suffix == LIVE_SUFFIX else pq.read_table(path)
     except FileNotFoundError:
         return None
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(path, f"not a readable segment ({exc}); move it out of the directory") from None
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def _conform(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
+    """``table`` with ``schema``'s columns: absent nullable ones (older files) as nulls."""
     for field in schema:
         if field.name not in table.column_names:
+            if not field.nullable:
+                raise InputError(path, "is not a segment of this kind (missing column)", column=field.name)
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
-    return table.select(schema.names).cast(schema)
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, ValueError) as exc:
+        raise InputError(path, f"has columns of the wrong type ({exc})") from None
 
 
 def apply_retention(directory: str | Path, prefix: str, max_age_s: float, now: float | None = None) -> list[Path]:

@@ -479,3 +479,20 @@ def _peek_stderr(proc) -> str:
         chunk = None
     _stderr_seen[proc.pid] = _stderr_seen.get(proc.pid, "") + (chunk or "")
     return _stderr_seen[proc.pid]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"junk", "not a readable segment"),
+    (None, "missing column"),
+])
+def test_a_foreign_file_among_the_segments_is_one_line(run_cli, tmp_path, content, message):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "telemetry-foreign.parquet"
+    if content is None:
+        pq.write_table(pa.table({"a": [1]}), path)
+    else:
+        path.write_bytes(content)
+    result = run_cli("collect", "summary", tmp_path)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and str(path) in lines[0] and message in lines[0]
