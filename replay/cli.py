@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -10,20 +9,48 @@ import click
 
 
 def _write_outputs(result, summary: dict, out_dir: Path, simulated: bool) -> None:
+    """Write a run's artifacts; ``summary.json`` goes last and atomically, so a directory that has
+    one holds the whole run (a stale one from an earlier run is removed before anything else)."""
     import pyarrow as pa
 
+    from toolkit.jsonio import dump_json, ensure_writable_dir, write_text_atomic
     from toolkit.parquet_io import atomic_write_table
-    from toolkit.schemas import POWER_TIMELINE, REPLAY_REQUESTS
+    from toolkit.schemas import REPLAY_REQUESTS
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out_dir)
+    summary_path, events_path = out_dir / "summary.json", out_dir / "policy_events.csv"
+    summary_path.unlink(missing_ok=True)
     meta = {"wattlas.simulated": str(simulated).lower()}
     atomic_write_table(pa.Table.from_pandas(result.requests, schema=REPLAY_REQUESTS.arrow(metadata=meta), preserve_index=False),
                        out_dir / "requests.parquet")
-    atomic_write_table(pa.Table.from_pandas(result.timeline, schema=POWER_TIMELINE.arrow(metadata=meta), preserve_index=False),
+    atomic_write_table(pa.Table.from_pandas(result.timeline, schema=_timeline_schema(meta), preserve_index=False),
                        out_dir / "power_timeline.parquet")
     if result.events is not None and len(result.events):
-        result.events.to_csv(out_dir / "policy_events.csv", index=False)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_text_atomic(events_path, result.events.to_csv(index=False))
+    else:
+        events_path.unlink(missing_ok=True)  # an earlier run's events would pass for this one's
+    write_text_atomic(summary_path, dump_json(summary))
+
+
+def _timeline_schema(meta: dict):
+    """Arrow schema of power_timeline.parquet: one row per run of equal bins (``duration_s`` long)."""
+    from toolkit.schemas import POWER_TIMELINE
+
+    return POWER_TIMELINE.arrow(metadata=meta)
+
+
+def _check_output(path: Path | None) -> None:
+    """Fail before the work when the (optional) output file cannot be written."""
+    from toolkit.jsonio import ensure_writable_file
+
+    if path is not None:
+        ensure_writable_file(path)
+
+
+def _write_csv(table, path: Path) -> None:
+    from toolkit.jsonio import write_text_atomic
+
+    write_text_atomic(path, table.to_csv(index=False))
 
 
 def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, out_dir: Path | None,
@@ -31,6 +58,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
                rate_scale: float = 1.0) -> dict:
     """Load inputs, replay, write requests/timeline Parquet and summary JSON; returns the summary."""
     from characterize.model_io import ModelBundle
+    from toolkit.jsonio import ensure_writable_dir
     from toolkit.parquet_io import artifact_metadata
     from toolkit.traces.formats import read_trace
 
@@ -46,6 +74,10 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
         trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
     bundle = ModelBundle.load(models_path)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    if out_dir is not None:  # with the inputs read, fail now rather than after the replay
+        ensure_writable_dir(out_dir)
+        if policy == "dynamollm":
+            ensure_writable_dir(_baseline_dir(out_dir))
     controller = None
     if policy == "dynamollm":
         from .policies.dynamollm import plan
@@ -94,7 +126,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
         base_summary = {**base.summary, **{k: summary[k] for k in ("trace", "models", "simulated_models", "synthetic_trace", "rate_scale")},
                         "policy_name": "baseline (static, same GPUs)"}
         if out_dir is not None:
-            _write_outputs(base, base_summary, out_dir.parent / f"{out_dir.name}_baseline", bundle.simulated)
+            _write_outputs(base, base_summary, _baseline_dir(out_dir), bundle.simulated)
         summary["baseline"] = {k: base_summary.get(k) for k in ("energy_kwh", "carbon_kg", "cost_usd", "slo_attainment",
                                                                  "ttft_p99_s", "tbt_p99_s", "gpus")}
         if summary.get("energy_kwh") and base_summary.get("energy_kwh"):
@@ -106,6 +138,11 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     if out_dir is not None:
         _write_outputs(result, summary, out_dir, bundle.simulated)
     return summary
+
+
+def _baseline_dir(out_dir: Path) -> Path:
+    """Where dynamollm's static baseline run goes, beside ``out_dir``."""
+    return out_dir.parent / f"{out_dir.name}_baseline"
 
 
 def format_summary(s: dict) -> str:
@@ -164,9 +201,11 @@ def run_command(trace_path, models_path, cluster_path, out_dir, limit, policy, r
     """Replay a trace; writes requests.parquet, power_timeline.parquet and summary.json under --out.
 
     dynamollm also replays the static baseline with the same GPUs (OUT_baseline/) and reports savings."""
+    from toolkit.jsonio import dump_json
+
     summary = run_replay(trace_path, models_path, cluster_path, out_dir, limit, show_progress=not as_json and sys.stderr.isatty(),
                          policy=policy, rate_scale=rate_scale)
-    click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
+    click.echo(dump_json(summary) if as_json else format_summary(summary))
 
 
 @replay.command("sweep")
@@ -183,10 +222,10 @@ def sweep_command(trace_path, models_path, cluster_path, vary, scheduler, worker
     from .sweep import parse_vary, run_sweep
 
     base = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    _check_output(output)
     table = run_sweep(trace_path, models_path, base, parse_vary(list(vary)), scheduler, workers)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output, index=False)
+        _write_csv(table, output)
     columns = [c for c in table.columns if c in {k.split("=")[0] for k in vary}] + [
         "finished", "dropped", "ttft_p99_s", "tbt_p99_s", "slo_attainment", "energy_kwh", "cost_usd"]
     click.echo(table[columns].to_string(index=False))
@@ -215,6 +254,7 @@ def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, b
     from .config import ClusterConfig, load_cluster, policy_configs
     from .policies.polca import oversubscription_search
 
+    _check_output(output)
     trace = read_trace(trace_path).to_pandas()
     trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
     if "priority" not in trace:
@@ -229,8 +269,7 @@ def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, b
                                      max_over_budget_fraction=max_over_budget)
     table = result["table"]
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output, index=False)
+        _write_csv(table, output)
     label = " [SIMULATED models]" if bundle.simulated else ""
     click.echo(f"POLCA{label}: row of {result['servers']} servers, budget {result['budget_w']:.0f} W; "
                f"largest addition within bounds: {result['best_servers_added']} servers "
@@ -256,11 +295,11 @@ def longctx(models_path, contexts, tbt_slo, kv_capacity, output) -> None:
         lengths = [int(float(c)) for c in contexts.split(",") if c.strip()]
     except ValueError:
         raise click.BadParameter(f"not a list of numbers: {contexts!r}", param_hint="--contexts") from None
+    _check_output(output)
     base = PoolConfig(instances=1, max_batch_tokens=16384, kv_capacity_tokens=kv_capacity, tbt_slo_s=tbt_slo)
     table = context_sweep(bundle, lengths, base=base)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output, index=False)
+        _write_csv(table, output)
     label = " [SIMULATED models]" if bundle.simulated else ""
     click.echo(f"one long request amid a stream of short ones (5/s){label}; TBT SLO {tbt_slo * 1000:.0f} ms; "
                "decode_tbt_max_s: worst gap a short request saw during the long prefill")

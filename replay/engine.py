@@ -16,7 +16,9 @@ arrival) or round robin.
 
 Energy: each iteration's power comes from the power model at its load, idle time at the idle
 power; energy is attributed to requests by tokens processed, and binned per instance into a
-power timeline.  The two accountings are checked against each other.
+power timeline.  The two accountings are checked against each other.  The timeline is kept
+run-length encoded (a stretch of equal bins is one run), so memory follows the events of a
+trace, not its time span: ten idle years cost one run per instance.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass
 
@@ -58,13 +61,45 @@ class Requests:
         self.h_join = np.zeros(n, dtype=np.int64)  # instance's latency-history length then
 
 
-class Recorder:
-    """Token-weighted TBT histogram and per-instance energy bins."""
+class _Track:
+    """One instance's energy per time bin, run-length encoded: bins ``[0, open_bin)`` as runs of
+    ``counts[i]`` bins holding ``energy[i]`` joules each, then the bin still being filled.
 
-    def __init__(self, n_instances: int, bin_s: float, horizon_s: float) -> None:
+    Plain ``array`` columns (16 bytes a run) rather than Python objects: a busy instance has a
+    run per bin, and that must not cost more than a few times the dense array it replaces.
+    """
+
+    __slots__ = ("counts", "energy", "open_bin", "open_j")
+
+    def __init__(self) -> None:
+        self.counts = array("q")
+        self.energy = array("d")
+        self.open_bin = 0
+        self.open_j = 0.0
+
+    def push(self, n: int, energy_j: float) -> None:
+        """Append ``n`` bins of ``energy_j`` each (merged into the last run when equal)."""
+        if self.energy and self.energy[-1] == energy_j:
+            self.counts[-1] += n
+        else:
+            self.counts.append(n)
+            self.energy.append(energy_j)
+
+    def close_until(self, k: int) -> None:
+        """Complete the open bin, leave the bins before ``k`` empty and open bin ``k``."""
+        self.push(1, self.open_j)
+        if k > self.open_bin + 1:
+            self.push(k - self.open_bin - 1, 0.0)  # powered off, or not recorded yet
+        self.open_bin, self.open_j = k, 0.0
+
+
+class Recorder:
+    """Token-weighted TBT histogram and per-instance energy per time bin (run-length encoded)."""
+
+    def __init__(self, n_instances: int, bin_s: float) -> None:
         self.tbt_hist = np.zeros(TBT_BINS)
         self.bin_s = bin_s
-        self.bins = np.zeros((n_instances, int(horizon_s / bin_s) + 2))
+        self._tracks = [_Track() for _ in range(n_instances)]
 
     @staticmethod
     def _tbt_bin(latency: float) -> int:
@@ -82,22 +117,58 @@ class Recorder:
         np.add.at(self.tbt_hist, np.clip(idx, 0, TBT_BINS - 1), weight)
 
     def add_energy(self, instance: int, t0: float, t1: float, power_w: float) -> None:
-        """Spread constant power over [t0, t1) into the instance's bins."""
+        """Spread constant power over [t0, t1) into the instance's bins.
+
+        An instance records its time in order (each call starts where its previous one ended),
+        so only the bin being filled is open; the whole bins of a long stretch become one run.
+        """
         if t1 <= t0:
             return
+        track = self._tracks[instance]
         w = self.bin_s
         first, last = int(t0 // w), int(t1 // w)
-        if last >= self.bins.shape[1]:
-            grow = max(last + 1 - self.bins.shape[1], self.bins.shape[1])
-            self.bins = np.concatenate([self.bins, np.zeros((self.bins.shape[0], grow))], axis=1)
-        row = self.bins[instance]
+        if first != track.open_bin:
+            if first < track.open_bin:
+                raise ValueError(f"instance {instance}: energy at {t0} s recorded after later energy")
+            track.close_until(first)
         if first == last:
-            row[first] += power_w * (t1 - t0)
+            track.open_j += power_w * (t1 - t0)
             return
-        row[first] += power_w * ((first + 1) * w - t0)
+        track.open_j += power_w * ((first + 1) * w - t0)
+        track.close_until(first + 1)
         if last > first + 1:
-            row[first + 1:last] += power_w * w
-        row[last] += power_w * (t1 - last * w)
+            track.push(last - first - 1, power_w * w)
+        track.open_bin, track.open_j = last, power_w * (t1 - last * w)
+
+    def energy_in_bins(self, first: int, last: int) -> float:
+        """Energy (J) of all instances in bins ``[first, last)``.
+
+        Reads each instance's runs backwards from its newest, so a window near the present (what a
+        controller asks for) costs a few runs, however long the timeline already is."""
+        total = 0.0
+        for track in self._tracks:
+            if first <= track.open_bin < last:
+                total += track.open_j
+            end, k = track.open_bin, len(track.counts) - 1
+            while k >= 0 and end > first:
+                start = end - track.counts[k]
+                overlap = min(end, last) - max(start, first)
+                if overlap > 0:
+                    total += overlap * track.energy[k]
+                end, k = start, k - 1
+        return total
+
+    def runs(self, instance: int, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first bin, bins, energy per bin in J) of each run of equal bins of ``instance``, covering
+        exactly bins ``[0, n_bins)``: empty bins are a zero run, energy past ``n_bins`` is cut off."""
+        track = self._tracks[instance]
+        counts = np.append(np.asarray(track.counts, dtype=np.int64), [1, max(0, n_bins - track.open_bin - 1)])
+        energy = np.append(np.asarray(track.energy, dtype=np.float64), [track.open_j, 0.0])
+        starts = np.cumsum(counts) - counts
+        keep = (counts > 0) & (starts < n_bins)
+        starts, counts, energy = starts[keep], np.minimum(counts[keep], n_bins - starts[keep]), energy[keep]
+        new = np.r_[True, energy[1:] != energy[:-1]]  # the open bin or the padding may equal their neighbour
+        return starts[new], np.add.reduceat(counts, np.flatnonzero(new)), energy[new]
 
     def tbt_quantile(self, q: float) -> float:
         total = self.tbt_hist.sum()
@@ -374,7 +445,7 @@ class ClusterState:
         first = max(0, last - max(1, int(round(window_s / rec.bin_s))))
         if last <= first:
             return float(sum(inst.power_now or 0.0 for inst in self.instances))
-        return float(rec.bins[:, first:last].sum() / ((last - first) * rec.bin_s))
+        return float(rec.energy_in_bins(first, last) / ((last - first) * rec.bin_s))
 
     def cost_at(self, pool_index: int, sm_clock_mhz: float | None) -> InstanceCost:
         key = (pool_index, sm_clock_mhz)
@@ -466,7 +537,7 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
     arrival = trace["arrival_s"].to_numpy(dtype=np.float64)
     req = Requests(arrival, trace["input_tokens"].to_numpy(dtype=np.int64), trace["output_tokens"].to_numpy(dtype=np.int64))
     horizon = float(arrival[-1]) if len(arrival) else 0.0
-    rec = Recorder(config.instances, config.bin_s, horizon * 1.5 + 60)
+    rec = Recorder(config.instances, config.bin_s)
     instances: list[Instance] = []
     members: list[list[int]] = []
     bundles = {}
@@ -564,14 +635,22 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
         "dropped": dropped,
         "drop_reason": req.drop_reason,
     })
-    n_bins = int(math.ceil(t_end / config.bin_s)) if t_end > 0 else 1
-    bins = rec.bins[:, :n_bins]
-    timeline = pd.DataFrame({
-        "pool": np.repeat([config.pools[inst.pool_index].name for inst in instances], n_bins),
-        "instance": np.repeat(np.arange(len(instances)), n_bins),
-        "t_s": np.tile(np.arange(n_bins) * config.bin_s, len(instances)),
-        "power_w": (bins / config.bin_s).ravel() if has_power else np.nan,
+    bin_s = config.bin_s
+    n_bins = int(math.ceil(t_end / bin_s)) if t_end > 0 else 1
+    runs = [rec.runs(i, n_bins) for i in range(len(instances))]
+    starts, counts, energy = (np.concatenate([r[k] for r in runs]) for k in range(3))
+    lengths = [len(r[0]) for r in runs]
+    timeline = pd.DataFrame({  # one row per run of equal bins: an idle day is one row, not 86,400
+        "pool": np.repeat([config.pools[inst.pool_index].name for inst in instances], lengths),
+        "instance": np.repeat(np.arange(len(instances)), lengths),
+        "t_s": starts * bin_s,
+        "duration_s": counts * bin_s,
+        "power_w": energy / bin_s if has_power else np.nan,
     })
+    # the row (all instances) per bin, as stretches of bins with the same total
+    row_starts, row_j = _sum_steps([r[0] for r in runs], [r[2] for r in runs])
+    row_bins = np.diff(np.r_[row_starts, n_bins])
+    row_power = row_j / bin_s
     slo_ttft = np.array([p.ttft_slo_s for p in config.pools])[req.pool]
     slo_tbt = np.array([p.tbt_slo_s for p in config.pools])[req.pool]
     done = ~dropped
@@ -583,12 +662,10 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
         from .config import load_carbon_series
 
         t_series, g_series = load_carbon_series(config.carbon_csv)
-        bin_mid = (np.arange(n_bins) + 0.5) * config.bin_s
-        carbon_kg = float((bins.sum(axis=0) / 3.6e6 * np.interp(bin_mid, t_series, g_series)).sum()) * config.pue / 1000.0
+        carbon_kg = _grid_weighted_kwh(row_starts, row_j, n_bins, bin_s, t_series, g_series) * config.pue / 1000.0
     else:
         carbon_kg = it_kwh * config.pue * config.carbon_g_per_kwh / 1000.0
     gpu_hours = sum(i.cost.gpus * i.powered_seconds(t_end) for i in instances) / 3600.0
-    row_power = bins.sum(axis=0) / config.bin_s
     summary = {
         "requests": int(len(req.arrival)),
         "finished": int(done.sum()),
@@ -610,12 +687,16 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
         "cost_usd": gpu_hours * config.gpu_hour_usd,
         "energy_per_output_token_j": (busy + idle) / max(1, int(req.output[done].sum())) if has_power else None,
         "replay_wall_s": wall_s,
-        "peak_row_power_w": float(row_power.max()) if has_power and row_power.size else None,
+        "bin_s": bin_s,
+        "peak_row_power_w": float(row_power.max()) if has_power else None,
+        # over every bin of the run, idle ones included (what a row's power budget sees)
+        "row_power_p50_w": _weighted_quantile(row_power, row_bins, 0.5) if has_power else None,
+        "row_power_p99_w": _weighted_quantile(row_power, row_bins, 0.99) if has_power else None,
         "peak_instance_power_w": max(i.cost.iteration_power(1e6, 0) or 0.0 for i in instances) if has_power else None,
     }
     if has_power:
         summary["conservation"] = {
-            "timeline_j": float(bins.sum()), "instances_j": busy + idle,
+            "timeline_j": float(np.dot(counts, energy)), "instances_j": busy + idle,
             "requests_plus_idle_j": float(req.energy.sum()) + idle,
         }
     return ReplayResult(requests, timeline, summary)
@@ -624,3 +705,65 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
 def _q(values: np.ndarray, q: float) -> float:
     values = values[np.isfinite(values)]
     return float(np.quantile(values, q)) if values.size else float("nan")
+
+
+def _sum_steps(starts: list[np.ndarray], values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum step functions over one domain: ``values[i][j]`` holds from ``starts[i][j]`` (sorted,
+    each beginning at the domain's start) to the next start.  Returns the union of the starts
+    and the sum from each; the sum goes instance by instance, in the order a dense
+    instances x bins array summed over its first axis would take."""
+    union = np.unique(np.concatenate(starts))
+    total = np.zeros(len(union))
+    for s, v in zip(starts, values):
+        total += v[np.searchsorted(s, union, side="right") - 1]
+    return union, total
+
+
+def cluster_power(timeline: pd.DataFrame) -> pd.DataFrame:
+    """Total power of all instances of a power timeline: rows ``t_s``, ``duration_s``, ``power_w``,
+    one per stretch of constant total, in time order.
+
+    Takes the run-length timeline a replay writes; a dense one without ``duration_s`` (one row per
+    bin, as written before runs) is read as bins of its smallest time step."""
+    if "duration_s" not in timeline:
+        steps = np.diff(np.unique(timeline["t_s"]))
+        timeline = timeline.assign(duration_s=steps.min() if len(steps) else 1.0)
+    groups = [g.sort_values("t_s") for _, g in timeline.groupby("instance", sort=True)]
+    if not groups:
+        return pd.DataFrame({"t_s": [], "duration_s": [], "power_w": []})
+    union, total = _sum_steps([g["t_s"].to_numpy(dtype=float) for g in groups],
+                              [g["power_w"].to_numpy(dtype=float) for g in groups])
+    end = max(float((g["t_s"] + g["duration_s"]).iloc[-1]) for g in groups)
+    new = np.r_[True, total[1:] != total[:-1]]  # NaN (no power model) stays one row per change point
+    union, total = union[new], total[new]
+    return pd.DataFrame({"t_s": union, "duration_s": np.diff(np.r_[union, end]), "power_w": total})
+
+
+def _weighted_quantile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
+    """``np.quantile`` (linear) of the array holding ``values[i]`` ``counts[i]`` times, without
+    building it: an idle year is one value with a count, not millions of equal bins."""
+    if not len(values) or counts.sum() <= 0:
+        return float("nan")
+    order = np.argsort(values, kind="stable")
+    v, cum = values[order], np.cumsum(counts[order])
+    h = q * (int(cum[-1]) - 1)
+    lo = math.floor(h)
+    a = v[np.searchsorted(cum, lo, side="right")]
+    b = v[np.searchsorted(cum, min(lo + 1, int(cum[-1]) - 1), side="right")]
+    return float(a + (h - lo) * (b - a))
+
+
+def _grid_weighted_kwh(starts: np.ndarray, energy_j: np.ndarray, n_bins: int, bin_s: float,
+                       t_series: np.ndarray, g_series: np.ndarray) -> float:
+    """Sum over bins of (energy in the bin, kWh) x (grid intensity at the bin's midpoint, g/kWh).
+
+    Stretches of equal bins (``energy_j[i]`` from bin ``starts[i]`` on) are cut where a midpoint
+    passes a point of the series; within a piece the intensity is linear in time, so the piece's
+    bins sum to (bins) x (intensity at their mean midpoint), exactly as bin by bin."""
+    cuts = np.ceil(np.asarray(t_series, dtype=float) / bin_s - 0.5)  # first bin whose midpoint is at or after t
+    cuts = cuts[(cuts > 0) & (cuts < n_bins)].astype(np.int64)
+    pieces = np.union1d(starts, cuts)
+    n = np.diff(np.r_[pieces, n_bins])
+    midpoint = (pieces + n / 2) * bin_s  # the mean of (k + 0.5) * bin_s over the piece's bins
+    energy = energy_j[np.searchsorted(starts, pieces, side="right") - 1]
+    return float((energy / 3.6e6 * n * np.interp(midpoint, t_series, g_series)).sum())

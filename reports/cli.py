@@ -23,9 +23,12 @@ def _write(rep, output: Path) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def collection(directory: Path, output: Path) -> None:
     """Telemetry collection: per-GPU energy and method, traces, phase energy."""
+    from toolkit.jsonio import ensure_writable_file
+
     from .builders import add_collection
     from .html import Report
 
+    ensure_writable_file(output)  # fail before building the report
     rep = Report("wattlas collection report", subtitle=str(directory))
     add_collection(rep, directory)
     _write(rep, output)
@@ -38,9 +41,12 @@ def collection(directory: Path, output: Path) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def characterization(bundle: Path, data_paths, tbt_slo: float, output: Path) -> None:
     """Model bundle: validation errors, coefficients, fit diagnostics, adaptive chunks."""
+    from toolkit.jsonio import ensure_writable_file
+
     from .builders import add_characterization
     from .html import Report
 
+    ensure_writable_file(output)  # fail before building the report
     rep = Report("wattlas characterization report", subtitle=str(bundle))
     add_characterization(rep, bundle, list(data_paths), tbt_slo)
     _write(rep, output)
@@ -51,9 +57,12 @@ def characterization(bundle: Path, data_paths, tbt_slo: float, output: Path) -> 
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def replay_report(runs, output: Path) -> None:
     """One or more replay output directories: summaries, power timelines and CDFs, latency CDFs."""
+    from toolkit.jsonio import ensure_writable_file
+
     from .builders import add_replays
     from .html import Report
 
+    ensure_writable_file(output)  # fail before building the report
     rep = Report("wattlas replay report", subtitle=", ".join(map(str, runs)))
     add_replays(rep, list(runs))
     _write(rep, output)

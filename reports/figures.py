@@ -11,7 +11,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from replay.engine import cluster_power  # noqa: E402
+
 sns.set_theme(style="whitegrid", context="notebook")
+# Labels come from users (phase, window, pool, run names): a "$" must be a dollar sign, not the
+# start of mathtext, which can fail to parse and abort the report.  Set for the process, not per
+# figure: a text reads it when created, and tick labels may only be created when the figure is saved.
+matplotlib.rcParams["text.parse_math"] = False
 
 
 def _fig(width=9.0, height=3.6):
@@ -74,14 +80,37 @@ def power_timelines(timelines: dict[str, pd.DataFrame]):
     """Total cluster power over time, one line per run."""
     fig, ax = _fig()
     for label, timeline in timelines.items():
-        total = timeline.groupby("t_s", as_index=False)["power_w"].sum()
-        width = max(1, len(total) // 600)  # smooth to at most ~600 points for legibility
-        total["power_kw"] = total["power_w"].rolling(width, min_periods=1).mean() / 1000
-        ax.plot(total["t_s"], total["power_kw"], label=label, linewidth=1)
+        t_s, power_w = _smoothed_cluster_power(cluster_power(timeline))
+        ax.plot(t_s, power_w / 1000, label=label, linewidth=1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("cluster power (kW)")
     ax.legend(loc="best", fontsize="small")
     return fig
+
+
+def _smoothed_cluster_power(total: pd.DataFrame, points: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """The trailing mean of cluster power over ``bins // points`` bins at each bin (as
+    ``rolling(width, min_periods=1).mean()`` of the per-bin series), from stretches of constant
+    power (``cluster_power``) without expanding them to bins.
+
+    The mean is linear in the bin index wherever no stretch starts inside its window, so the
+    curve is drawn through the bins where that changes (a stretch starts, or leaves the window);
+    the points left out lie on the straight lines between.  Busy stretches are one bin each, so
+    a busy run is drawn bin by bin, exactly as before; an idle year is a few points."""
+    w = float(total["duration_s"].min())  # the bin: a stretch is whole bins, and a busy one is a single bin
+    n = np.maximum(1, np.rint(total["duration_s"].to_numpy() / w).astype(np.int64))
+    starts = np.cumsum(n) - n
+    n_bins = int(n.sum())
+    width = max(1, n_bins // points)
+    cumulative = np.r_[0.0, np.cumsum(total["power_w"].to_numpy() * n)]  # power summed over bins [0, k)
+    ramp = np.arange(min(width, 4 * points))  # before a full window the mean is over k + 1 bins: not linear
+    if width > len(ramp):
+        ramp = np.r_[ramp, np.geomspace(len(ramp), width, points).astype(np.int64)]
+    knots = np.concatenate([starts - 1, starts, starts + width - 1, starts + width, ramp, [n_bins - 1]])
+    k = np.unique(np.clip(knots, 0, n_bins - 1))
+    upper = np.interp(k + 1, np.r_[starts, n_bins], cumulative)
+    lower = np.interp(np.maximum(0, k + 1 - width), np.r_[starts, n_bins], cumulative)
+    return k * w, (upper - lower) / np.minimum(k + 1, width)
 
 
 def latency_cdfs(requests: dict[str, pd.DataFrame]):
@@ -98,11 +127,12 @@ def latency_cdfs(requests: dict[str, pd.DataFrame]):
 
 
 def power_cdf(timelines: dict[str, pd.DataFrame]):
-    """CDF of total cluster power per time bin (what a row's power budget sees)."""
-    frames = [t.groupby("t_s", as_index=False)["power_w"].sum().assign(run=label) for label, t in timelines.items()]
+    """CDF of total cluster power per time bin (what a row's power budget sees), idle time
+    included: each stretch of constant power weighs its duration."""
+    frames = [cluster_power(t).assign(run=label) for label, t in timelines.items()]
     data = pd.concat(frames, ignore_index=True)
     fig, ax = _fig(7, 3.4)
-    sns.ecdfplot(data=data, x="power_w", hue="run", ax=ax)
+    sns.ecdfplot(data=data, x="power_w", hue="run", weights="duration_s", ax=ax)
     ax.set_xlabel("cluster power (W)")
     return fig
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,9 +109,9 @@ class Report:
                 + "\n".join(self.parts) + f"<script>{CHECK_SCRIPT}</script></body></html>")
 
     def save(self, path: str | Path) -> Path:
+        """Write the report to ``path`` atomically (a failure names ``path`` and leaves no file)."""
+        from toolkit.jsonio import ensure_writable_dir, write_text_atomic
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        ensure_writable_dir(path.parent)
+        return write_text_atomic(path, self.render())

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -258,3 +259,102 @@ def test_spp_pipelines_long_prompts_but_not_one_short_chunk():
         spp = replay(prompt, bundle, one_pool(chunk_size=2000, max_batch_tokens=2000, pp=4)).requests.iloc[0]["ttft_s"]
         # 32 chunks through 4 stages: (32 + 3) stage times of ~chunk/4 each; one chunk: all 4 stages in turn
         assert one / spp == pytest.approx(speedup, rel=0.03 if speedup > 1 else 1e-9)
+
+
+def _strict_json(text: str):
+    """Parse as any JSON parser would: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_replay_json_outputs_are_strict_json_with_null_for_unknown(run_cli, tmp_path):
+    bundle = linear_bundle().save(tmp_path / "m.json")
+    csv = tmp_path / "t.csv"
+    csv.write_text("arrival_s,input_tokens,output_tokens\n0.0,100,1\n0.5,200,1\n")  # one token each: no TBT at all
+    out = tmp_path / "rep"
+    result = run_cli("replay", "run", "--trace", csv, "--models", bundle, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    for text in (result.output, (out / "summary.json").read_text()):
+        summary = _strict_json(text)
+        assert summary["tbt_p50_s"] is None and summary["tbt_p99_s"] is None
+        assert summary["finished"] == 2
+    from toolkit.jsonio import dump_json
+
+    assert _strict_json(dump_json({"inf": np.float64("inf"), "n": np.int64(3), "t": (np.nan, np.bool_(True))})) == {
+        "inf": None, "n": 3, "t": [None, True]}
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory no file can be created in: by its mode, or, for root (whom modes do not stop),
+    by the immutable attribute; skipped where neither holds."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    def writable(path):
+        try:
+            handle, probe = tempfile.mkstemp(dir=path)
+        except OSError:
+            return False
+        os.close(handle)
+        os.unlink(probe)
+        return True
+
+    path = tmp_path / "read-only"
+    path.mkdir()
+    path.chmod(0o555)
+    immutable = False
+    if writable(path) and shutil.which("chattr"):
+        immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    if writable(path):
+        pytest.skip("cannot make a read-only directory here")
+    yield path
+    if immutable:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    path.chmod(0o755)
+
+
+def test_outputs_to_a_read_only_directory_fail_in_one_line(run_cli, tmp_path, read_only_dir, monkeypatch):
+    """Before any work (no replay runs), naming the directory (not a temporary file)."""
+    bundle = linear_bundle().save(tmp_path / "m.json")
+    src = tmp_path / "t.csv"
+    _load(50).to_csv(src, index=False, columns=["arrival_s", "input_tokens", "output_tokens"])
+    good = tmp_path / "rep"
+    assert run_cli("replay", "run", "--trace", src, "--models", bundle, "-o", good).exit_code == 0
+
+    def no_replay(*args, **kwargs):
+        raise AssertionError("replayed before checking the output directory")
+
+    monkeypatch.setattr("replay.engine.replay", no_replay)
+    commands = [("replay", "run", "--trace", src, "--models", bundle, "-o", read_only_dir),
+                ("replay", "run", "--trace", src, "--models", bundle, "-o", read_only_dir / "new-run"),
+                ("report", "replay", good, "-o", read_only_dir / "report.html")]
+    for args in commands:
+        result = run_cli(*args)
+        assert result.exit_code != 0
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and str(read_only_dir) in lines[0] and "Traceback" not in result.output, result.output
+        assert "cannot write" in lines[0] and ".tmp" not in lines[0] and "replayed" not in lines[0]
+    assert os.listdir(read_only_dir) == []
+
+
+def test_a_failed_rewrite_leaves_no_summary_beside_new_artifacts(tmp_path, monkeypatch):
+    """summary.json marks a complete run: an earlier run's is removed before the new artifacts."""
+    import replay.cli as replay_cli
+    from toolkit.errors import InputError
+
+    result = replay(_load(50), linear_bundle(), one_pool())
+    out = tmp_path / "rep"
+    replay_cli._write_outputs(result, dict(result.summary), out, True)
+    assert (out / "summary.json").exists()
+
+    def fail(*args, **kwargs):
+        raise InputError(out / "power_timeline.parquet", "cannot write (No space left on device)")
+
+    monkeypatch.setattr("toolkit.parquet_io.atomic_write_table", fail)
+    with pytest.raises(InputError):
+        replay_cli._write_outputs(result, dict(result.summary), out, True)
+    assert not (out / "summary.json").exists()
