@@ -154,7 +154,8 @@ def bundle_cases(bundle: dict) -> list[Case]:
 
     def set_coef(value):
         def change(b):
-            b["models"][0]["groups"][0]["coef"][0] = value
+            for group in b["models"][0]["groups"]:
+                group["coef"][0] = value
         return change
 
     changes = {
@@ -189,7 +190,7 @@ def bundle_cases(bundle: dict) -> list[Case]:
     cases = []
     for label, text in texts.items():
         for argv in (["characterize", "show", "{dir}/models.json"],
-                     ["characterize", "predict", "{dir}/models.json", "--phase", "decode", "-b", "8", "-k", "1024"]):
+                     ["characterize", "predict", "{dir}/models.json", "--phase", "decode", "-b", "8", "-k", "1024", "--tp", "1"]):
             cases.append(Case(f"bundle {label} | {' '.join(argv[:2])}", {"models.json": text}, argv))
         cases.append(Case(f"bundle {label} | replay run", {"models.json": text},
                           ["replay", "run", "--trace", "{base}/trace.csv", "--models", "{dir}/models.json",

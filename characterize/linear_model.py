@@ -18,7 +18,7 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
-from .model_io import plain_scalar
+from .model_io import plain_scalar, read_coefficients, read_group, read_group_keys, read_matrix, read_terms
 from .terms import design_matrix, parse_term
 
 FREQ = "sm_clock_mhz"
@@ -172,9 +172,25 @@ class TermsModel:
                 "skipped": self.skipped}
 
     @classmethod
-    def from_json(cls, data: dict) -> "TermsModel":
-        for term in data["terms"]:
-            parse_term(term)
-        return cls(data["target"], data["phase"], list(data["terms"]), list(data["group_keys"]),
-                   [dict(g) for g in data["groups"]], data.get("weighting", "relative"), list(data.get("skipped", [])))
+    def from_json(cls, table) -> "TermsModel":
+        """The model of a bundle's JSON object (a :class:`toolkit.validation.Settings`), validated."""
+        return cls(**cls._json_fields(table))
 
+    @classmethod
+    def _json_fields(cls, table) -> dict:
+        """Constructor arguments from JSON: terms from the vocabulary, one finite coefficient per
+        term, a square covariance and positive residual degrees of freedom per group (the CI)."""
+        terms = read_terms(table, "terms")
+        group_keys = read_group_keys(table)
+        groups = []
+        for group in table.tables("groups"):
+            checked = {"coef": read_coefficients(group, "coef", terms), "cov": read_matrix(group, "cov", len(terms)),
+                       "df_resid": group.number("df_resid", minimum=0, exclusive_minimum=True)}
+            if group.has("n"):  # fit statistics, shown but not used to predict
+                checked["n"] = group.number("n", integer=True, minimum=0)
+            if group.has("rsquared"):
+                checked["rsquared"] = group.number("rsquared", maximum=1)
+            groups.append({**read_group(group, group_keys), **checked})
+        return {"target": table.text("target"), "phase": table.text("phase"), "terms": terms, "group_keys": group_keys,
+                "groups": groups, "weighting": table.text("weighting", "relative"),
+                "skipped": [s.data for s in table.tables("skipped", [])]}

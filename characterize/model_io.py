@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit.errors import InputError
+from toolkit.validation import (MAX_CLOCK_MHZ, Settings, check_choice, check_numbers, check_text,
+                                  read_text)
 
 BUNDLE_SCHEMA = "wattlas.model_bundle"
 BUNDLE_VERSION = 1
@@ -32,16 +34,85 @@ def plain_scalar(value):
     return value
 
 
-def model_from_json(data: dict):
+# What a bundle may hold, checked at load: model kinds per target, grouping columns, and power-model
+# load columns (a column every prediction frame has).
+KINDS_BY_TARGET = {"latency_s": ("terms", "roofline", "gbr_trees"), "mean_power_w": ("power_saturating",)}
+GROUP_KEYS = ("model", "tp", "sm_clock_mhz")
+LOAD_COLUMNS = ("load_tokens", "chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens")
+MAX_BUNDLE_BYTES = 512 * 2**20  # a bundle of 300-tree models is a few MB
+
+
+def model_from_json(data: object, source: str | Path | None = None, where: str = "model"):
+    """A model from its JSON object, validated (an :class:`InputError` naming ``where``'s keys)."""
     from .linear_model import TermsModel
     from .power_model import PowerModel
     from .roofline_model import RooflineModel
     from .trees import TreeEnsembleModel
 
     kinds = {"terms": TermsModel, "roofline": RooflineModel, "power_saturating": PowerModel, "gbr_trees": TreeEnsembleModel}
-    if data.get("kind") not in kinds:
-        raise ValueError(f"unknown model kind {data.get('kind')!r}")
-    return kinds[data["kind"]].from_json(data)
+    table = Settings(data, source, where)
+    kind = table.choice("kind", tuple(kinds))
+    target = table.choice("target", tuple(KINDS_BY_TARGET))
+    if kind not in KINDS_BY_TARGET[target]:
+        raise table.error("kind", f"a {kind} model cannot predict {target} (use {' or '.join(KINDS_BY_TARGET[target])})")
+    return kinds[kind].from_json(table)
+
+
+def read_terms(table: Settings, name: str) -> list[str]:
+    """A non-empty list of model terms, each from the vocabulary of ``terms.parse_term``."""
+    from .terms import parse_term
+
+    terms = table.sequence(name, min_length=1)
+    for i, term in enumerate(terms):
+        check_text(term, table.source, f"{table.path(name)}[{i}]")
+        try:
+            parse_term(term)
+        except ValueError as exc:
+            raise InputError(table.source, str(exc), key=f"{table.path(name)}[{i}]") from None
+    return list(terms)
+
+
+def read_group_keys(table: Settings) -> list[str]:
+    """The columns a model's groups are keyed by: distinct names from GROUP_KEYS."""
+    keys = table.sequence("group_keys")
+    for i, key in enumerate(keys):
+        check_choice(key, table.source, f"{table.path('group_keys')}[{i}]", GROUP_KEYS)
+        if key in keys[:i]:
+            raise InputError(table.source, f"{key!r} is listed twice", key=f"{table.path('group_keys')}[{i}]")
+    return list(keys)
+
+
+def read_group(group: Settings, group_keys: list[str]) -> dict:
+    """A fitted group's JSON object with its ``key`` checked: a value for every group key (TP a
+    positive integer, a clock a positive number of MHz, a model name a string); extra fields are
+    kept as written."""
+    key = group.table("key")
+    values = {}
+    for name in group_keys:
+        if name == "tp":
+            values[name] = key.number(name, integer=True, minimum=1)
+        elif name == "sm_clock_mhz":
+            values[name] = key.number(name, minimum=0, exclusive_minimum=True, maximum=MAX_CLOCK_MHZ)
+        else:
+            values[name] = key.text(name)
+    return {**group.data, "key": {**key.data, **values}}
+
+
+def read_matrix(table: Settings, name: str, size: int) -> list[list[float]]:
+    """A ``size`` x ``size`` matrix of finite numbers (a coefficient covariance)."""
+    rows = table.sequence(name)
+    if len(rows) != size:
+        raise table.error(name, f"must be {size} x {size}, one row per term (got {len(rows)} rows)")
+    key = table.path(name)
+    return [check_numbers(row, table.source, f"{key}[{i}]", min_length=size, max_length=size) for i, row in enumerate(rows)]
+
+
+def read_coefficients(table: Settings, name: str, terms: list[str]) -> list[float]:
+    """One finite coefficient per term."""
+    values = table.sequence(name)
+    if len(values) != len(terms):
+        raise table.error(name, f"must have one coefficient per term: {len(terms)} for {terms} (got {len(values)})")
+    return table.numbers(name)
 
 
 @dataclass
@@ -84,20 +155,49 @@ class ModelBundle:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelBundle":
+        """A bundle from its JSON file, validated whole before any model is used: every model's kind
+        and target known, terms from the vocabulary, one finite coefficient per term, power-model
+        parameters in range.  Any fault is an :class:`InputError` naming the file and the key
+        (``models[2].groups[0].coef[3]``).  JSON is parsed as data, never evaluated."""
         path = Path(path)
+        text = read_text(path, MAX_BUNDLE_BYTES)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(path, "no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            line = getattr(exc, "lineno", None)
-            raise InputError(path, f"not a JSON model bundle ({exc.msg if hasattr(exc, 'msg') else exc})", line=line) from None
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"not a JSON model bundle ({exc.msg})", line=exc.lineno) from None
+        except ValueError as exc:  # an integer of thousands of digits
+            raise InputError(path, f"not a JSON model bundle ({exc})") from None
+        except RecursionError:
+            raise InputError(path, "not a JSON model bundle (nested too deeply)") from None
         if not isinstance(data, dict) or data.get("schema") != BUNDLE_SCHEMA:
-            raise InputError(path, f"not a wattlas model bundle (schema {data.get('schema') if isinstance(data, dict) else None!r})")
-        if int(data.get("schema_version", 0)) > BUNDLE_VERSION:
-            raise InputError(path, f"model bundle version {data['schema_version']} is newer than this wattlas understands")
-        try:
-            models = [model_from_json(m) for m in data.get("models", [])]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(path, f"malformed model entry ({exc})") from None
-        return cls(models, data.get("metadata", {}), data.get("validation", {}))
+            found = data.get("schema") if isinstance(data, dict) else None
+            raise InputError(path, f"not a wattlas model bundle (schema {found!r}, expected {BUNDLE_SCHEMA!r})")
+        table = Settings(data, path)
+        version = table.number("schema_version", integer=True, minimum=1)
+        if version > BUNDLE_VERSION:
+            raise InputError(path, f"model bundle version {version} is newer than this wattlas understands "
+                                   f"(up to {BUNDLE_VERSION})", key="schema_version")
+        metadata = table.table("metadata", {})
+        metadata.flag("simulated", False)
+        validation = table.table("validation", {})
+        for name in validation.data:
+            _check_report(validation.table(name))
+        models = [model_from_json(m, path, f"models[{i}]") for i, m in enumerate(table.sequence("models", []))]
+        seen = {}
+        for i, model in enumerate(models):
+            first = seen.setdefault((model.target, model.phase), i)
+            if first != i:
+                raise InputError(path, f"a second {model.target} model for phase {model.phase!r} (the first is "
+                                       f"models[{first}])", key=f"models[{i}]")
+        return cls(models, metadata.data, validation.data)
+
+
+def _check_report(report: Settings) -> None:
+    """A phase's validation report: per candidate a table whose scores (the MAPEs ``show`` prints)
+    are finite and >= 0, or null; other entries (an ``error`` text) are shown as written."""
+    report.text("selected", None)
+    for candidate in report.data:
+        if candidate != "selected":
+            scores = report.table(candidate)
+            for name in ("cv_mape", "extrapolation_mape", "score"):
+                scores.number(name, None, minimum=0)

@@ -18,9 +18,21 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from .model_io import plain_scalar
+from toolkit.validation import MAX_CLOCK_MHZ, check_text, check_number
+
+from .model_io import LOAD_COLUMNS, plain_scalar, read_group, read_group_keys
 
 FREQ = "sm_clock_mhz"
+# What a saved group's parameters may be (check_number rules): the curve stays finite and >= p_idle_w.
+# dynamic_w has no upper bound: where power is linear in load over the profile, the fit is a large
+# dynamic_w over a large load0 (only their ratio is determined).
+MAX_IDLE_W = 10_000.0  # one GPU idling: several times any accelerator's board power
+PARAM_RULES = {
+    "p_idle_w": dict(minimum=0, maximum=MAX_IDLE_W),
+    "dynamic_w": dict(minimum=0),
+    "load0": dict(minimum=0, exclusive_minimum=True),
+    "v0": dict(minimum=0, maximum=1),
+}
 
 
 def power_curve(params: np.ndarray, load: np.ndarray, f_rel: np.ndarray) -> np.ndarray:
@@ -91,7 +103,25 @@ class PowerModel:
                 "f_ref": self.f_ref, "group_keys": self.group_keys, "groups": self.groups, "skipped": self.skipped}
 
     @classmethod
-    def from_json(cls, data: dict) -> "PowerModel":
-        return cls(data["target"], data["phase"], data["load_column"], data.get("f_ref"),
-                   list(data["group_keys"]), [dict(g) for g in data["groups"]], list(data.get("skipped", [])))
-
+    def from_json(cls, table) -> "PowerModel":
+        """The model of a bundle's JSON object (a :class:`toolkit.validation.Settings`), validated:
+        per group four finite parameters with ``0 <= p_idle_w <= MAX_IDLE_W``, ``dynamic_w >= 0``,
+        ``load0 > 0`` (it divides the load) and ``0 <= v0 <= 1`` (a relative voltage), which keeps
+        every prediction at least the idle power; ``f_ref`` a positive clock or null."""
+        group_keys = read_group_keys(table)
+        groups = []
+        # without group keys every prediction uses the first group: there must be one
+        for group in table.tables("groups", min_length=0 if group_keys else 1):
+            params = group.sequence("params")
+            if len(params) != len(PARAM_RULES):
+                raise group.error("params", f"has {len(params)} parameters, expected {len(PARAM_RULES)} "
+                                            f"({', '.join(PARAM_RULES)})")
+            checked = [check_number(v, group.source, f"{group.path('params')}[{i}]", **rules)
+                       for i, (v, rules) in enumerate(zip(params, PARAM_RULES.values()))]
+            names = group.sequence("param_names", [])
+            for i, name in enumerate(names):
+                check_text(name, group.source, f"{group.path('param_names')}[{i}]")
+            groups.append({**read_group(group, group_keys), "params": checked})
+        return cls(table.text("target"), table.text("phase"), table.choice("load_column", LOAD_COLUMNS),
+                   table.number("f_ref", None, minimum=0, exclusive_minimum=True, maximum=MAX_CLOCK_MHZ),
+                   group_keys, groups, [g.data for g in table.tables("skipped", [])])

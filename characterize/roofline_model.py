@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from .linear_model import TermsModel, group_keys_of, wls_fit
-from .model_io import plain_scalar
+from .model_io import plain_scalar, read_coefficients, read_matrix, read_terms
 from .terms import design_matrix, parse_term
 
 MAX_ROUNDS = 50
@@ -123,12 +123,19 @@ class RooflineModel(TermsModel):
         return {**super().to_json(), "memory_terms": self.memory_terms}
 
     @classmethod
-    def from_json(cls, data: dict) -> "RooflineModel":
-        for term in data["terms"] + data["memory_terms"]:
-            parse_term(term)
-        return cls(data["target"], data["phase"], list(data["terms"]), list(data["group_keys"]),
-                   [dict(g) for g in data["groups"]], data.get("weighting", "relative"), list(data.get("skipped", [])),
-                   memory_terms=list(data["memory_terms"]))
+    def from_json(cls, table) -> "RooflineModel":
+        """The model of a bundle's JSON object, validated as :class:`TermsModel` (the compute piece)
+        plus the memory piece: its terms, and per group either no memory piece (both null) or one
+        finite coefficient per memory term with its covariance."""
+        fields = cls._json_fields(table)
+        memory_terms = read_terms(table, "memory_terms")
+        for group, raw in zip(fields["groups"], table.tables("groups")):
+            if raw.has("memory_coef") or raw.has("memory_cov"):
+                group["memory_coef"] = read_coefficients(raw, "memory_coef", memory_terms)
+                group["memory_cov"] = read_matrix(raw, "memory_cov", len(memory_terms))
+            else:
+                group["memory_coef"] = group["memory_cov"] = None
+        return cls(**fields, memory_terms=memory_terms)
 
 
 def _fit_group(X: np.ndarray, M: np.ndarray, y: np.ndarray) -> dict | None:

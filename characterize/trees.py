@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from toolkit.errors import InputError
+from toolkit.validation import check_choice
+
 TREE_FEATURES = ["chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens", "tp", "sm_clock_mhz"]
 
 
@@ -71,6 +74,41 @@ class TreeEnsembleModel:
                 "base": self.base, "learning_rate": self.learning_rate, "log_target": self.log_target, "trees": self.trees}
 
     @classmethod
-    def from_json(cls, data: dict) -> "TreeEnsembleModel":
-        return cls(data["target"], data["phase"], list(data["features"]), float(data["base"]),
-                   float(data["learning_rate"]), list(data["trees"]), bool(data.get("log_target", True)))
+    def from_json(cls, table) -> "TreeEnsembleModel":
+        """The model of a bundle's JSON object (a :class:`toolkit.validation.Settings`), validated:
+        features from TREE_FEATURES, finite numbers, and trees whose nodes each point to later
+        nodes, so evaluating one always reaches a leaf."""
+        features = table.sequence("features")
+        for i, name in enumerate(features):
+            check_choice(name, table.source, f"{table.path('features')}[{i}]", TREE_FEATURES)
+            if name in features[:i]:
+                raise InputError(table.source, f"{name!r} is listed twice", key=f"{table.path('features')}[{i}]")
+        trees = [_read_tree(tree, len(features)) for tree in table.tables("trees")]
+        return cls(table.text("target"), table.text("phase"), list(features), table.number("base"),
+                   table.number("learning_rate", minimum=0, exclusive_minimum=True), trees, table.flag("log_target", True))
+
+
+def _read_tree(tree, n_features: int) -> dict:
+    """One tree's node arrays, checked: equal lengths, both children or none, children after
+    their parent (no cycles: the evaluation loop ends), a valid feature at every split."""
+    nodes = {name: tree.numbers(name, min_length=1, integer=name in ("left", "right", "feature"))
+             for name in ("left", "right", "feature", "threshold", "value")}
+    n = len(nodes["left"])
+    for name, values in nodes.items():
+        if len(values) != n:
+            raise tree.error(name, f"has {len(values)} entries for {n} nodes")
+    left, right, feature = nodes["left"], nodes["right"], nodes["feature"]
+    for i in range(n):
+        if (left[i] == -1) != (right[i] == -1):
+            raise InputError(tree.source, f"node {i}: a split needs two children, a leaf none (-1 for both)",
+                             key=f"{tree.path('left')}[{i}]")
+        if left[i] == -1:
+            continue
+        for side, child in (("left", left[i]), ("right", right[i])):
+            if not i < child < n:
+                raise InputError(tree.source, f"node {i}'s child must be a later node ({i + 1} to {n - 1}, got {child})",
+                                 key=f"{tree.path(side)}[{i}]")
+        if not 0 <= feature[i] < n_features:
+            raise InputError(tree.source, f"node {i} splits on feature {feature[i]}, the model has {n_features}",
+                             key=f"{tree.path('feature')}[{i}]")
+    return {**tree.data, **nodes}

@@ -58,11 +58,13 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
                rate_scale: float = 1.0) -> dict:
     """Load inputs, replay, write requests/timeline Parquet and summary JSON; returns the summary."""
     from characterize.model_io import ModelBundle
+    from toolkit.errors import InputError
     from toolkit.jsonio import ensure_writable_dir
     from toolkit.parquet_io import artifact_metadata
     from toolkit.traces.formats import read_trace
 
     from .config import ClusterConfig, load_cluster, policy_configs
+    from .cost_model import NotReplayable
     from .engine import replay
 
     table = read_trace(trace_path)
@@ -109,9 +111,10 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
                 bar.update(step)
                 last[0] += step
     try:
-        result = replay(trace, bundle, config, priority=priority, progress=progress if bar else None, controller=controller)
-    except KeyError as exc:
-        raise click.ClickException(f"{models_path}: {exc.args[0]}") from None
+        result = replay(trace, bundle, config, priority=priority, progress=progress if bar else None, controller=controller,
+                        source=trace_path)
+    except NotReplayable as exc:
+        raise InputError(models_path, str(exc)) from None
     finally:
         if bar is not None:
             bar.close()

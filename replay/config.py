@@ -25,8 +25,8 @@ chunk_policy = "fixed"           # or "adaptive" (Mnemosyne: largest chunk withi
 chunk_size = 2048
 ttft_slo_s = 2.0
 tbt_slo_s = 0.05
-max_input_tokens = 1e12          # requests are routed to the first pool that accepts them
-max_output_tokens = 1e12
+max_input_tokens = 1e12          # requests are routed to the first pool that accepts them;
+max_output_tokens = 1e12         # omit (or >= 2**31 - 1): any length
 priority = "high"                # only requests of this priority (POLCA pools); omit: any
 
 [dynamollm]                      # --policy dynamollm (replay/policies/dynamollm.py)
@@ -45,6 +45,11 @@ t1 = 0.85
 t2 = 0.95
 uncap = 0.80
 ```
+
+Everything is checked at load, before any replay: types (``instances = "2"`` is not a number),
+finiteness (no ``nan``/``inf``), integers where counts are meant, and the bounds below (and in the
+policies' ``settings``); the routed pools together must accept every (input, output) length.
+An error is one line naming the file and the key: ``c.toml: key pool[0].tp: must be >= 1 (got 0)``.
 """
 
 from __future__ import annotations
@@ -52,17 +57,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from toolkit.errors import InputError
+from toolkit.validation import MAX_CLOCK_MHZ, MAX_TOKENS, Settings, read_text
 
 
 # KVP: combining the groups' partial attention per iteration - one small NVLink collective per
 # layer, ~10 us each on H100 for a 32-layer model (an estimate, not a measurement)
 KVP_COMBINE_S = 3.2e-4
+
+# Bounds of the settings (all inclusive).  Wide enough for any real deployment, narrow enough
+# that a typo cannot make the replay allocate without end or loop without progress.
+UNBOUNDED_TOKENS = 10**12  # max_input/output_tokens: the default, "accepts any length"
+MAX_INSTANCES = 10_000  # instances in one pool (each is simulated and gets a power timeline)
+MAX_PARALLEL = 1024  # tp, pp, kvp
+MAX_BATCH_SIZE = 65_536  # sequences in flight per instance
+MAX_SLO_S = 86_400.0  # TTFT and TBT SLOs: a day
+MAX_KVP_COMBINE_S = 1.0  # a per-iteration collective of a second is a typo, not a network
+MIN_BIN_S, MAX_BIN_S = 1e-3, 86_400.0  # power timeline resolution (bins are allocated per instance)
+MAX_GPU_HOUR_USD = 10_000.0
+MAX_CARBON_G_PER_KWH = 10_000.0  # coal is ~1,000
+MIN_PUE, MAX_PUE = 1.0, 10.0  # PUE is facility over IT energy: 1 at best
+MAX_SEED = 2**63 - 1
+ROUTERS = ("power_of_two", "least_loaded", "round_robin")
+CHUNK_POLICIES = ("fixed", "adaptive")
+PRIORITIES = ("high", "low")  # as in the trace schema; POLCA caps "low" first
+MAX_SETTINGS_BYTES = 16 * 2**20  # a cluster TOML is a few hundred bytes
 
 
 @dataclass
@@ -89,23 +115,36 @@ class PoolConfig:
     # no requests and no power until a controller re-shards to it (``ClusterState.reshard``).
     standby: bool = False
 
-    def check(self, where: str, source) -> None:
-        problems = [
-            (self.instances >= 1, "instances", "must be >= 1"),
-            (self.tp >= 1, "tp", "must be >= 1"),
-            (self.pp >= 1, "pp", "must be >= 1"),
-            (self.kvp >= 1, "kvp", "must be >= 1"),
-            (self.max_batch_tokens >= 1, "max_batch_tokens", "must be >= 1"),
-            (self.max_batch_size >= 1, "max_batch_size", "must be >= 1"),
-            (self.kv_capacity_tokens >= 1, "kv_capacity_tokens", "must be >= 1"),
-            (self.chunk_policy in ("fixed", "adaptive"), "chunk_policy", "must be 'fixed' or 'adaptive'"),
-            (self.chunk_size >= 1, "chunk_size", "must be >= 1"),
-            (self.tbt_slo_s > 0 and self.ttft_slo_s > 0, "tbt_slo_s", "SLOs must be > 0"),
-            (self.kvp_combine_s >= 0, "kvp_combine_s", "must be >= 0"),
-        ]
-        for ok, key, message in problems:
-            if not ok:
-                raise InputError(source, f"{where}.{key} {message}")
+    @classmethod
+    def from_table(cls, table: Settings) -> "PoolConfig":
+        """A pool from its ``[[pool]]`` table, every setting checked (defaults for absent keys)."""
+        d = cls()
+        count = dict(integer=True, minimum=1)
+        tokens = dict(integer=True, minimum=1, maximum=MAX_TOKENS)
+        limit = dict(integer=True, minimum=1, maximum=UNBOUNDED_TOKENS)
+        slo = dict(minimum=0, exclusive_minimum=True, maximum=MAX_SLO_S)
+        return cls(
+            name=table.text("name", d.name),
+            instances=table.number("instances", d.instances, **count, maximum=MAX_INSTANCES),
+            tp=table.number("tp", d.tp, **count, maximum=MAX_PARALLEL),
+            pp=table.number("pp", d.pp, **count, maximum=MAX_PARALLEL),
+            kvp=table.number("kvp", d.kvp, **count, maximum=MAX_PARALLEL),
+            kvp_combine_s=table.number("kvp_combine_s", d.kvp_combine_s, minimum=0, maximum=MAX_KVP_COMBINE_S),
+            models=table.text("models", d.models),
+            sm_clock_mhz=table.number("sm_clock_mhz", d.sm_clock_mhz, minimum=0, exclusive_minimum=True,
+                                      maximum=MAX_CLOCK_MHZ),
+            max_batch_tokens=table.number("max_batch_tokens", d.max_batch_tokens, **tokens),
+            max_batch_size=table.number("max_batch_size", d.max_batch_size, **count, maximum=MAX_BATCH_SIZE),
+            kv_capacity_tokens=table.number("kv_capacity_tokens", d.kv_capacity_tokens, **tokens),
+            chunk_policy=table.choice("chunk_policy", CHUNK_POLICIES, d.chunk_policy),
+            chunk_size=table.number("chunk_size", d.chunk_size, **tokens),
+            ttft_slo_s=table.number("ttft_slo_s", d.ttft_slo_s, **slo),
+            tbt_slo_s=table.number("tbt_slo_s", d.tbt_slo_s, **slo),
+            max_input_tokens=table.number("max_input_tokens", d.max_input_tokens, **limit),
+            max_output_tokens=table.number("max_output_tokens", d.max_output_tokens, **limit),
+            priority=table.choice("priority", PRIORITIES, d.priority),
+            standby=table.flag("standby", d.standby),
+        )
 
 
 @dataclass
@@ -126,35 +165,94 @@ class ClusterConfig:
         return sum(p.instances for p in self.pools)
 
 
-def _build(cls, data: dict, where: str, source):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(source, f"unknown key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(sorted(known))})")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise InputError(source, f"bad {where or 'cluster'} settings ({exc})") from None
+def _names(cls) -> set[str]:
+    """The field names of a dataclass: the keys its table may set."""
+    return {f.name for f in fields(cls)}
 
 
 def cluster_from_dict(data: dict, source: str | Path | None = None) -> ClusterConfig:
-    data = dict(data)
-    pools = [_build(PoolConfig, p, f"pool[{i}]", source) for i, p in enumerate(data.pop("pool", [{}]))]
-    config = _build(ClusterConfig, data, "", source)
-    config.pools = pools
-    for i, pool in enumerate(pools):
-        pool.check(f"pool[{i}]", source)
-    if config.router not in ("power_of_two", "least_loaded", "round_robin"):
-        raise InputError(source, "router must be 'power_of_two', 'least_loaded' or 'round_robin'")
-    if config.bin_s <= 0:
-        raise InputError(source, "bin_s must be > 0")
+    """A cluster from parsed TOML (or the same dict from code): every setting checked, errors
+    naming ``source`` and the key (``pool[0].instances``)."""
     from .policies.dynamollm import DynamoConfig
     from .policies.polca import PolcaConfig
 
-    for key, message in _build(DynamoConfig, config.dynamollm, "dynamollm", source).problems():
-        raise InputError(source, f"dynamollm.{key} {message}")
-    _build(PolcaConfig, {"budget_w": 1.0, **config.polca}, "polca", source)
+    table = Settings(data, source, known=(_names(ClusterConfig) - {"pools"}) | {"pool"})
+    pools = [PoolConfig.from_table(t) for t in table.tables("pool", [{}], known=_names(PoolConfig), min_length=1)]
+    if all(p.standby for p in pools):
+        raise table.error("pool", "every pool is standby: none takes requests")
+    d = ClusterConfig()
+    config = ClusterConfig(
+        pools=pools,
+        router=table.choice("router", ROUTERS, d.router),
+        seed=table.number("seed", d.seed, integer=True, minimum=0, maximum=MAX_SEED),
+        bin_s=table.number("bin_s", d.bin_s, minimum=MIN_BIN_S, maximum=MAX_BIN_S),
+        gpu_hour_usd=table.number("gpu_hour_usd", d.gpu_hour_usd, minimum=0, maximum=MAX_GPU_HOUR_USD),
+        carbon_g_per_kwh=table.number("carbon_g_per_kwh", d.carbon_g_per_kwh, minimum=0, maximum=MAX_CARBON_G_PER_KWH),
+        carbon_csv=table.text("carbon_csv", d.carbon_csv),
+        pue=table.number("pue", d.pue, minimum=MIN_PUE, maximum=MAX_PUE),
+        dynamollm=DynamoConfig.settings(table.table("dynamollm", {}, known=_names(DynamoConfig))),
+        polca=PolcaConfig.settings(table.table("polca", {}, known=_names(PolcaConfig))),
+    )
+    gap = coverage_gap(pools)
+    if gap:
+        raise table.error("pool", f"{gap}; every request needs a pool: leave one pool's max_input_tokens and "
+                                  f"max_output_tokens unset (or >= {MAX_TOKENS})")
     return config
+
+
+def coverage_gap(pools: list[PoolConfig]) -> str | None:
+    """What no routed pool accepts, by length alone ("no pool accepts input_tokens > 4096"), or
+    None when every (input, output) length up to MAX_TOKENS has a pool.
+
+    A request is routed to the first pool whose limits it is within, so the accepted lengths are
+    a union of rectangles [1, max_input] x [1, max_output]; a limit of MAX_TOKENS or more accepts
+    any length a trace can hold.  Priorities are left out: whether they match depends on the
+    trace (see :func:`route_requests`).
+    """
+    limits = [(min(p.max_input_tokens, MAX_TOKENS), min(p.max_output_tokens, MAX_TOKENS)) for p in pools if not p.standby]
+    # Walk the staircase: inputs above x are accepted only by pools with max_input > x, and only
+    # up to the largest of their output limits; the first x where that falls short is the gap.
+    for x in sorted({0} | {a for a, _ in limits}):
+        if x >= MAX_TOKENS:
+            break
+        reach = max((b for a, b in limits if a > x), default=0)
+        if reach >= MAX_TOKENS:
+            continue
+        if reach == 0:
+            return f"no pool accepts input_tokens > {x}"
+        if x == 0:
+            return f"no pool accepts output_tokens > {reach}"
+        return f"no pool accepts input_tokens > {x} with output_tokens > {reach}"
+    return None
+
+
+def route_requests(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray, priority=None,
+                   source: str | Path | None = None) -> np.ndarray:
+    """Pool index per request: the first routed (non-standby) pool whose length limits it is
+    within and, when both the pool and the trace have priorities, whose priority it has.
+
+    A request no pool accepts is refused, not sent somewhere anyway: an InputError naming
+    ``source`` (the trace) and the first such row (1-based).
+    """
+    inputs, outputs = np.asarray(inputs), np.asarray(outputs)
+    pool = np.full(len(inputs), -1, dtype=np.int64)
+    prio = np.asarray(priority, dtype=object) if priority is not None else None
+    for i, p in enumerate(config.pools):
+        if p.standby:
+            continue
+        fits = (pool < 0) & (inputs <= p.max_input_tokens) & (outputs <= p.max_output_tokens)
+        if p.priority is not None and prio is not None:
+            fits &= prio == p.priority
+        pool[fits] = i
+    unrouted = np.flatnonzero(pool < 0)
+    if unrouted.size:
+        r = int(unrouted[0])
+        what = f"input_tokens {int(inputs[r])}, output_tokens {int(outputs[r])}"
+        if prio is not None and any(p.priority is not None for p in config.pools):
+            what += f", priority {prio[r]!r}" if isinstance(prio[r], str) else ", no priority"
+        raise InputError(source, f"no pool of the cluster accepts this request ({what}); "
+                                 f"{unrouted.size} request(s) in all", row=r + 1)
+    return pool
 
 
 def policy_configs(config: ClusterConfig):
@@ -185,6 +283,8 @@ def load_carbon_series(path: str | Path) -> tuple:
         raise InputError(path, "no such file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not a readable CSV ({exc})") from None
+    except OSError as exc:  # a directory, no permission
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
     schema = ArtifactSchema("carbon_series", 1, (Column("t_s", pa.float64(), nullable=False, minimum=0),
                                                  Column("g_per_kwh", pa.float64(), nullable=False, minimum=0)), sorted_by="t_s")
     table = validate_frame(frame, schema, RowContext(path, 0, 1))
@@ -192,13 +292,16 @@ def load_carbon_series(path: str | Path) -> tuple:
 
 
 def load_cluster(path: str | Path) -> ClusterConfig:
+    """The cluster of a TOML file, validated (see the module docstring); paths in it are relative
+    to the file, and a carbon series is checked now rather than after the replay."""
     path = Path(path)
+    text = read_text(path, MAX_SETTINGS_BYTES)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
         raise InputError(path, f"not valid TOML ({exc})") from None
+    except RecursionError:
+        raise InputError(path, "not valid TOML (nested too deeply)") from None
     config = cluster_from_dict(data, path)
     for pool in config.pools:
         if pool.models and not Path(pool.models).is_absolute():
@@ -206,5 +309,5 @@ def load_cluster(path: str | Path) -> ClusterConfig:
     if config.carbon_csv and not Path(config.carbon_csv).is_absolute():
         config.carbon_csv = str(path.parent / config.carbon_csv)  # relative to the TOML file
     if config.carbon_csv:
-        load_carbon_series(config.carbon_csv)  # a bad series fails now, not after the replay
+        load_carbon_series(config.carbon_csv)
     return config

@@ -29,13 +29,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from characterize.linear_model import TermsModel
 from characterize.model_io import ModelBundle
 from characterize.power_model import PowerModel
 from characterize.roofline_model import RooflineModel
 from characterize.terms import parse_term
 
-from .config import KVP_COMBINE_S
+from toolkit.errors import WattlasError
+
+from .config import KVP_COMBINE_S, PoolConfig
+
+
+class NotReplayable(WattlasError):
+    """The bundle cannot drive a replay: a model is missing, not compilable, or predicts an
+    impossible latency (<= 0 or not finite) somewhere in a pool's operating range."""
 
 PREFILL_TERMS = {(): "k0", (("c", 1.0),): "kc", (("c", 1.0), ("p", 1.0)): "kcp", (("c", 2.0),): "kc2", (("p", 1.0),): "kp"}
 DECODE_TERMS = {(): "d0", (("b", 1.0),): "db", (("b", 1.0), ("k", 1.0)): "dbk", (("k", 1.0),): "dk"}
@@ -61,7 +70,7 @@ def _coefficients(model: TermsModel, vocabulary: dict, tp: int, sm_clock_mhz: fl
     for i, term in enumerate(terms):
         factors = tuple(sorted(parse_term(term)))
         if factors not in vocabulary:
-            raise KeyError(f"{model.phase} term {term!r} is outside what replay compiles "
+            raise NotReplayable(f"{model.phase} term {term!r} is outside what replay compiles "
                            f"({', '.join('*'.join(f'{n}^{p:g}' for n, p in t) or '1' for t in vocabulary)})")
         out[vocabulary[factors]] += sum(w * g[piece][i] for w, g in blend)
     return out
@@ -76,7 +85,7 @@ class CompiledPower:
     def from_model(cls, model: PowerModel, tp: int, sm_clock_mhz: float | None) -> "CompiledPower":
         match = [g for g in model.groups if "tp" not in model.group_keys or g["key"].get("tp") == tp]
         if not match:
-            raise KeyError(f"the {model.phase} power model has no group for tp={tp}")
+            raise NotReplayable(f"the {model.phase} power model has no group for tp={tp}")
         f_rel = (sm_clock_mhz / model.f_ref) if (model.f_ref and sm_clock_mhz) else 1.0
         return cls(tuple(match[0]["params"]), f_rel)
 
@@ -106,9 +115,9 @@ class InstanceCost:
         def latency_model(phase):
             model = bundle.find("latency_s", phase)
             if model is None:
-                raise KeyError(f"model bundle has no latency model for {phase!r}; replay needs prefill and decode")
+                raise NotReplayable(f"model bundle has no latency model for {phase!r}; replay needs prefill and decode")
             if not isinstance(model, TermsModel):
-                raise KeyError(f"the {phase} latency model is {model.kind}; replay needs a physical (terms) model")
+                raise NotReplayable(f"the {phase} latency model is {model.kind}; replay needs a physical (terms) model")
             return model
 
         def power(phase):
@@ -149,6 +158,32 @@ class InstanceCost:
     def _decode_share(self, b: int, k_sum: float) -> float:
         """What b decodes add to an iteration that also runs a prefill chunk (launch and combine counted once)."""
         return self.decode_latency(b, k_sum) - self.dec["d0"] - self.combine_s if b else 0.0
+
+    def check_range(self, pool: PoolConfig, points: int = 12) -> None:
+        """Refuse a model that predicts a latency <= 0 (or not finite) anywhere the pool can run:
+        decodes of 1..max_batch_size sequences holding up to the KV capacity, chunks of
+        1..max_batch_tokens after prefixes up to it (a log grid of ``points`` per axis).  A fitted
+        model may have negative coefficients; what it may not do is predict an impossible iteration
+        there, which the replay would otherwise have to clamp silently."""
+        def grid(high: float) -> list[int]:
+            return sorted({max(1, int(round(x))) for x in np.geomspace(1, max(1.0, float(high)), points)})
+
+        kv = pool.kv_capacity_tokens * pool.pp * pool.kvp
+        where = f"tp={pool.tp}, clock={pool.sm_clock_mhz or 'highest profiled'} MHz"
+        for b in grid(pool.max_batch_size):
+            for k_sum in (k for k in grid(kv) if k >= b):
+                latency = self.decode_latency(b, k_sum)
+                if not (math.isfinite(latency) and latency > 0):
+                    raise NotReplayable(f"the decode latency model predicts {latency:.4g} s for {b} sequences holding "
+                                        f"{k_sum} KV tokens ({where}); replay needs a positive latency everywhere "
+                                        f"the pool can run")
+        for c in grid(min(pool.max_batch_tokens, kv)):
+            for p in (0, *grid(kv - c)):
+                latency = self.prefill_latency(c, c * p, c * c, p)
+                if not (math.isfinite(latency) and latency > 0):
+                    raise NotReplayable(f"the prefill latency model predicts {latency:.4g} s for a {c}-token chunk "
+                                        f"after {p} prefix tokens ({where}); replay needs a positive latency everywhere "
+                                        f"the pool can run")
 
     def iteration_latency(self, c: float, cp: float, c2: float, p: float, b: int, k_sum: float) -> float:
         if c > 0:

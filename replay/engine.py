@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .config import ClusterConfig, PoolConfig
+from .config import ClusterConfig, PoolConfig, route_requests
 from .cost_model import InstanceCost
 
 TBT_BINS_PER_DECADE = 200
@@ -508,30 +508,15 @@ class ClusterState:
                 inst.power_off(max(inst.t, t))
 
 
-def _route_pools(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray, priority=None) -> np.ndarray:
-    routed = [i for i, p in enumerate(config.pools) if not p.standby]
-    pool = np.full(len(inputs), routed[-1], dtype=np.int64)
-    assigned = np.zeros(len(inputs), dtype=bool)
-    prio = np.asarray(priority, dtype=object) if priority is not None else None
-    for i, p in enumerate(config.pools):
-        if p.standby:
-            continue
-        fits = ~assigned & (inputs <= p.max_input_tokens) & (outputs <= p.max_output_tokens)
-        if p.priority is not None and prio is not None:
-            fits &= prio == p.priority
-        pool[fits] = i
-        assigned |= fits
-    return pool
-
-
 def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndarray | None = None,
-           progress=None, fast_forward: bool = True, controller=None) -> ReplayResult:
+           progress=None, fast_forward: bool = True, controller=None, source=None) -> ReplayResult:
     """Replay ``trace`` (arrival_s, input_tokens, output_tokens) through ``config``.
 
     ``fast_forward=False`` steps decode iterations one at a time: the plain reference run the
     closed-form stretches are checked against.  A ``controller`` (a policy: DynamoLLM, POLCA)
     is called at the times it asks for, with every instance advanced to that time, and may change
-    clocks and the number of active instances per pool through :class:`ClusterState`.
+    clocks and the number of active instances per pool through :class:`ClusterState`.  A request
+    no pool accepts is refused before anything runs, naming ``source`` (the trace file) and its row.
     """
     started = time.perf_counter()
     arrival = trace["arrival_s"].to_numpy(dtype=np.float64)
@@ -549,12 +534,14 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
             pool_bundle = bundles.setdefault(pool.models, ModelBundle.load(pool.models))
         bundles.setdefault(None, bundle)
         cost = InstanceCost.from_bundle(pool_bundle, pool.tp, pool.sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s)
+        if not pool.standby:
+            cost.check_range(pool)
         members.append([])
         for _ in range(pool.instances):
             members[-1].append(len(instances))
             instances.append(Instance(len(instances), p_index, pool, cost, req, rec))
             instances[-1].fast_forward = fast_forward
-    req.pool[:] = _route_pools(config, req.input, req.output, priority)
+    req.pool[:] = route_requests(config, req.input, req.output, priority, source)
     state = ClusterState(instances, members, config, bundles, rec)
     round_robin = [0] * len(config.pools)
     router = config.router

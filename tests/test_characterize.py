@@ -132,7 +132,7 @@ def test_bundle_rejects_code_in_terms_and_foreign_json(tmp_path):
             "models": [{"kind": "terms", "target": "latency_s", "phase": "prefill", "terms": ["os.system"],
                         "group_keys": [], "groups": []}]}
     (tmp_path / "evil.json").write_text(json.dumps(evil))
-    with pytest.raises(InputError, match="malformed model entry"):
+    with pytest.raises(InputError, match=r"key models\[0\]\.terms\[0\]: bad model term"):
         ModelBundle.load(tmp_path / "evil.json")
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(InputError, match="not a wattlas model bundle"):

@@ -150,10 +150,10 @@ def test_without_power_model_energy_is_null_not_zero():
 
 @pytest.mark.parametrize("text, message", [
     ("router = 'least_loaded'\n[[pool]]\ninstances = 4\ntp = 2\nchunk_polcy = 'x'\n", r"c.toml.*unknown key pool\[0\].chunk_polcy"),
-    ("[[pool]]\ninstances = 0\n", "instances must be >= 1"),
+    ("[[pool]]\ninstances = 0\n", r"key pool\[0\]\.instances: must be >= 1"),
     ("[[pool\n", "not valid TOML"),
-    ("[dynamollm]\nreshard = 'yes'\n", "c.toml.*dynamollm.reshard must be true or false"),
-    ("[dynamollm]\nperiod_s = 0\n", "dynamollm.period_s must be > 0"),
+    ("[dynamollm]\nreshard = 'yes'\n", r"c.toml.*key dynamollm\.reshard: must be true or false"),
+    ("[dynamollm]\nperiod_s = 0\n", r"key dynamollm\.period_s: must be >= 1"),
 ])
 def test_cluster_toml_errors_name_file_and_key(tmp_path, text, message):
     path = tmp_path / "c.toml"

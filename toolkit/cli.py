@@ -19,8 +19,8 @@ class WattlasGroup(click.Group):
             return super().invoke(ctx)
         except WattlasError as exc:
             raise click.ClickException(str(exc)) from exc
-        except click.ClickException:
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own ways out (Exit, e.g. after --help, is a RuntimeError)
         except OSError as exc:  # permissions, read-only or full disks, vanished files
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from exc

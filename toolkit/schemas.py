@@ -62,6 +62,10 @@ def _i64(name: str, doc: str = "", minimum: float | None = 0, **kw) -> Column:
     return Column(name, pa.int64(), minimum=minimum, integral=True, doc=doc, **kw)
 
 
+# = toolkit.validation.MAX_TOKENS (validation imports this module, so it cannot be imported here;
+# a test keeps the two equal): far above any context served, far below int64 overflow.
+TRACE_MAX_TOKENS = 2**31 - 1
+
 REQUEST_TRACE = ArtifactSchema(
     name="request_trace",
     version=1,
@@ -70,8 +74,8 @@ REQUEST_TRACE = ArtifactSchema(
     columns=(
         _i64("request_id", "row index in the source trace", nullable=False),
         _f64("arrival_s", "seconds since the trace start", minimum=0, nullable=False),
-        _i64("input_tokens", "prompt (context) tokens", nullable=False),
-        _i64("output_tokens", "generated tokens", nullable=False),
+        _i64("input_tokens", "prompt (context) tokens", nullable=False, maximum=TRACE_MAX_TOKENS),
+        _i64("output_tokens", "generated tokens", nullable=False, maximum=TRACE_MAX_TOKENS),
         Column("priority", pa.string(), required=False, doc="'high' or 'low' (POLCA capping order)"),
     ),
 )
@@ -197,12 +201,14 @@ REPLAY_REQUESTS = ArtifactSchema(
 
 POWER_TIMELINE = ArtifactSchema(
     name="power_timeline",
-    version=1,
-    doc="Mean power per instance per time bin of a replay (energy in the bin / bin width).",
+    version=2,
+    doc="Mean power per instance over runs of equal time bins (energy in the bins / their width): an idle "
+        "stretch is one row, so the file's size follows what happened, not the trace's time span.",
     columns=(
         Column("pool", pa.string(), nullable=False),
         _i64("instance", nullable=False),
-        _f64("t_s", "start of the bin, seconds since trace start", nullable=False, minimum=0),
+        _f64("t_s", "start of the run, seconds since trace start", nullable=False, minimum=0),
+        _f64("duration_s", "length of the run: a whole number of bins (summary.json bin_s)", nullable=False, minimum=0),
         _f64("power_w", "mean power of the instance's GPUs together", minimum=0),
     ),
 )

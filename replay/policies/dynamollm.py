@@ -36,10 +36,16 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from ..config import ClusterConfig, PoolConfig
+from toolkit.validation import MAX_CLOCK_MHZ, MAX_TOKENS
+
+from ..config import MAX_INSTANCES, MAX_PARALLEL, ClusterConfig, PoolConfig
 from ..cost_model import InstanceCost
 
 CLASS_NAMES = ("S", "M", "L")
+# Bounds of the [dynamollm] settings (inclusive), beside those shared with the pools (replay.config)
+MIN_POLICY_STEP_S = 1.0  # period_s, reactive_check_s
+MAX_POLICY_S = 7 * 86_400.0  # period_s, reactive_check_s, scale_out_s, reshard_s: a week
+MAX_REACTIVE_QUEUE = 1_000_000
 
 
 @dataclass
@@ -59,21 +65,37 @@ class DynamoConfig:
     reshard_s: float = 30.0  # a new TP layout loads its weights this long (powered, serving nothing)
     power_off_inactive: bool = True  # inactive instances' GPUs power off (the plan counts active ones only)
 
-    def problems(self) -> list[tuple[str, str]]:
-        """(key, what is wrong) for every setting out of range; empty when all are fine."""
-        checks = [
-            ("period_s", self.period_s > 0, "must be > 0"),
-            ("utilization_target", 0 < self.utilization_target <= 1, "must be in (0, 1]"),
-            ("scale_out_s", self.scale_out_s >= 0, "must be >= 0"),
-            ("reshard_s", self.reshard_s >= 0, "must be >= 0"),
-            ("reactive_check_s", self.reactive_check_s > 0, "must be > 0"),
-            ("max_instances_per_class", self.max_instances_per_class >= 1, "must be >= 1"),
-            ("spare_instances", self.spare_instances >= 0, "must be >= 0"),
-            ("input_bins", list(self.input_bins) == sorted(self.input_bins), "must be increasing"),
-            ("output_bins", list(self.output_bins) == sorted(self.output_bins), "must be increasing"),
-        ] + [(key, isinstance(getattr(self, key), bool), "must be true or false")
-             for key in ("reshard", "power_off_inactive")]
-        return [(key, message) for key, ok, message in checks if not ok]
+    @classmethod
+    def settings(cls, table) -> dict:
+        """The ``[dynamollm]`` table (a :class:`toolkit.validation.Settings`) checked, as keyword
+        arguments of this class (lists for the tuples; absent keys take the defaults)."""
+        d = cls()
+        # class names are letters (S/M/L) or one digit per axis: at most 10 classes, 9 bounds
+        bins = dict(max_length=9, increasing=True, integer=True, minimum=1, maximum=MAX_TOKENS)
+        seconds = dict(minimum=0, maximum=MAX_POLICY_S)
+        values = {
+            "input_bins": table.numbers("input_bins", list(d.input_bins), **bins),
+            "output_bins": table.numbers("output_bins", list(d.output_bins), **bins),
+            # a period, or a reactive check, shorter than a second only multiplies controller calls
+            "period_s": table.number("period_s", d.period_s, minimum=MIN_POLICY_STEP_S, maximum=MAX_POLICY_S),
+            "utilization_target": table.number("utilization_target", d.utilization_target, minimum=0,
+                                               exclusive_minimum=True, maximum=1),
+            "scale_out_s": table.number("scale_out_s", d.scale_out_s, **seconds),
+            "tps": table.numbers("tps", None, min_length=1, integer=True, minimum=1, maximum=MAX_PARALLEL),
+            "clocks": table.numbers("clocks", None, min_length=1, minimum=0, exclusive_minimum=True, maximum=MAX_CLOCK_MHZ),
+            "max_instances_per_class": table.number("max_instances_per_class", d.max_instances_per_class, integer=True,
+                                                    minimum=1, maximum=MAX_INSTANCES),
+            "spare_instances": table.number("spare_instances", d.spare_instances, integer=True, minimum=0,
+                                            maximum=MAX_INSTANCES),
+            "reactive_check_s": table.number("reactive_check_s", d.reactive_check_s, minimum=MIN_POLICY_STEP_S,
+                                             maximum=MAX_POLICY_S),
+            "reactive_queue": table.number("reactive_queue", d.reactive_queue, integer=True, minimum=1,
+                                           maximum=MAX_REACTIVE_QUEUE),
+            "reshard": table.flag("reshard", d.reshard),
+            "reshard_s": table.number("reshard_s", d.reshard_s, **seconds),
+            "power_off_inactive": table.flag("power_off_inactive", d.power_off_inactive),
+        }
+        return {k: v for k, v in values.items() if v is not None}
 
 
 def profiled_values(bundle, key: str) -> list:

@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 
+from toolkit.validation import MAX_CLOCK_MHZ
+
 from ..config import ClusterConfig
+
+# Bounds of the [polca] settings (inclusive unless said)
+MAX_BUDGET_W = 1e9  # a row's budget: a gigawatt is a whole campus
+MAX_THRESHOLD = 1.5  # t1, t2, uncap: fractions of the budget; capping only past 150 % of it is a typo
+MIN_CONTROL_S, MAX_CONTROL_S = 0.1, 3600.0  # the controller acts every control_s: 0 never advances time
 
 
 @dataclass
@@ -27,6 +34,34 @@ class PolcaConfig:
     low_cap_mhz: float = 1110.0
     high_cap_mhz: float = 1410.0
     control_s: float = 1.0
+
+    @classmethod
+    def settings(cls, table) -> dict:
+        """The ``[polca]`` table (a :class:`toolkit.validation.Settings`) checked, as keyword
+        arguments of this class, absent keys filled with the defaults (``budget_w`` left out when
+        absent: the search derives it from the servers' full-load power).
+
+        Besides each value's range: ``0 < uncap < t1 <= t2`` (caps are lifted below uncap only once
+        power is under the first threshold, and capping all happens at or after capping low) and
+        ``low_cap_mhz <= high_cap_mhz`` (low priority is capped deeper)."""
+        fraction = dict(minimum=0, exclusive_minimum=True, maximum=MAX_THRESHOLD)
+        clock = dict(minimum=0, exclusive_minimum=True, maximum=MAX_CLOCK_MHZ)
+        values = {
+            "budget_w": table.number("budget_w", None, minimum=0, exclusive_minimum=True, maximum=MAX_BUDGET_W),
+            "t1": table.number("t1", cls.t1, **fraction),
+            "t2": table.number("t2", cls.t2, **fraction),
+            "uncap": table.number("uncap", cls.uncap, **fraction),
+            "low_cap_mhz": table.number("low_cap_mhz", cls.low_cap_mhz, **clock),
+            "high_cap_mhz": table.number("high_cap_mhz", cls.high_cap_mhz, **clock),
+            "control_s": table.number("control_s", cls.control_s, minimum=MIN_CONTROL_S, maximum=MAX_CONTROL_S),
+        }
+        # the key named is one the table sets (the other side of the relation may be a default)
+        for low, high, strict in (("uncap", "t1", True), ("t1", "t2", False), ("low_cap_mhz", "high_cap_mhz", False)):
+            if values[low] > values[high] or (strict and values[low] == values[high]):
+                key = low if table.has(low) or not table.has(high) else high
+                raise table.error(key, f"{low} ({values[low]:g}) must be {'<' if strict else '<='} "
+                                       f"{high} ({values[high]:g})")
+        return {k: v for k, v in values.items() if v is not None}
 
 
 @dataclass
@@ -129,7 +164,8 @@ def oversubscription_search(trace: pd.DataFrame, bundle, config: ClusterConfig, 
     probe = runner(trace.iloc[:1], bundle, config, priority=None if priority is None else priority[:1])
     peak = probe.summary["peak_instance_power_w"]
     budget = polca.budget_w if polca else base_n * peak
-    polca = polca or PolcaConfig(budget_w=budget)
+    # without a budget in [polca], its thresholds still apply
+    polca = polca or PolcaConfig(**{**config.polca, "budget_w": budget})
     rows, best = [], 0
     for extra in range(0, max_extra + 1):
         cluster = scaled_cluster(config, extra)
