@@ -49,6 +49,27 @@ def test_polca_thresholds_and_hysteresis():
     assert summary["capping_events"] == 2 and summary["capped_all_s"] == pytest.approx(3.0)
 
 
+def test_polca_skips_idle_stretches_with_the_same_outcome(sim_bundle):
+    """A long idle stretch costs the controller O(1) acts; the acts it skips would have read the same
+    idle power and kept the same level, so the outcome equals the act-per-period run."""
+    trace = pd.DataFrame({"arrival_s": [0.0, 5.0, 86_400.0], "input_tokens": [900, 500, 700],
+                          "output_tokens": [50, 80, 60]})
+    config = ClusterConfig(pools=[PoolConfig(instances=2)])
+    results = {}
+    for skipping in (True, False):
+        controller = PolcaController(PolcaConfig(budget_w=250, t1=0.8, t2=0.95, uncap=0.7))
+        acts = []
+        real_act = controller.act
+        controller.act = lambda t, state, real_act=real_act: (acts.append(t), real_act(t, state))
+        if not skipping:
+            controller.skip_idle = None  # the engine then wakes it every control_s
+        result = replay(trace, sim_bundle, config, controller=controller)
+        results[skipping] = (len(acts), controller.describe(), result.summary["energy_kwh"])
+    (skipped_acts, skipped, energy), (all_acts, plain, plain_energy) = results[True], results[False]
+    assert all_acts > 86_000 and skipped_acts < 1_000
+    assert skipped == plain and energy == pytest.approx(plain_energy, rel=1e-12)
+
+
 def test_polca_caps_low_priority_first_and_keeps_high_priority_latency(sim_bundle):
     trace = load(3000, rate=25)
     config = ClusterConfig(pools=[PoolConfig(name="high", priority="high", instances=2),

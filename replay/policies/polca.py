@@ -11,6 +11,8 @@ same cluster without power limits, stays within bounds per priority.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
@@ -77,23 +79,41 @@ class PolcaController:
     def next_time(self) -> float:
         return self.t_next
 
+    def _decide(self, power: float) -> int:
+        cfg = self.config
+        if power > cfg.t2 * cfg.budget_w:
+            return 2
+        if power > cfg.t1 * cfg.budget_w:
+            return max(self.level, 1)
+        if power < cfg.uncap * cfg.budget_w:
+            return 0
+        return self.level  # between uncap and t1: hold (hysteresis)
+
     def act(self, t: float, state) -> None:
         cfg = self.config
         power = state.row_power(t, cfg.control_s)
         self.peak_row_w = max(self.peak_row_w, power)
         if power > cfg.budget_w:
             self.over_budget_s += cfg.control_s
-        if power > cfg.t2 * cfg.budget_w:
-            level = 2
-        elif power > cfg.t1 * cfg.budget_w:
-            level = max(self.level, 1)
-        elif power < cfg.uncap * cfg.budget_w:
-            level = 0
-        else:
-            level = self.level  # between uncap and t1: hold (hysteresis)
+        level = self._decide(power)
         if level != self.level:
             self._apply(t, state, level)
         self.t_next = t + cfg.control_s
+
+    def skip_idle(self, t: float, until: float, state) -> None:
+        """Nothing runs before ``until``: once the meter's window holds only idle draw, every act
+        would read the same power and keep the same level, so the acts up to ``until`` are taken at
+        once (their over-budget seconds counted) rather than one per ``control_s`` across an idle day."""
+        cfg = self.config
+        idle = float(sum(inst.power_now or 0.0 for inst in state.instances))
+        power = state.row_power(t, cfg.control_s)
+        steps = math.floor((until - t) / cfg.control_s)
+        if steps < 2 or not math.isclose(power, idle, rel_tol=1e-9, abs_tol=1e-9) or self._decide(power) != self.level:
+            return
+        self.peak_row_w = max(self.peak_row_w, power)
+        if power > cfg.budget_w:
+            self.over_budget_s += steps * cfg.control_s
+        self.t_next = t + steps * cfg.control_s
 
     def _apply(self, t: float, state, level: int) -> None:
         cfg = self.config
