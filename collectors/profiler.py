@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -105,12 +106,14 @@ def run_profile(preset: str, sweep: str, device: str = "cuda", dtype: str = "bfl
                 repeats: int = 5, warmup: int = 2, sampler=None, settings=None, layers: int | None = None,
                 gpu_index: int | None = None, min_window_s: float = 0.0, done: set[SweepPoint] = frozenset(),
                 on_point: Callable[[pa.Table], None] | None = None, provenance: dict[str, str] | None = None,
-                collectives=None, log=lambda message: print(message, file=sys.stderr)) -> ProfileResult:
+                collectives=None, log=lambda message: print(message, file=sys.stderr),
+                timer: Callable[[], float] = time.perf_counter) -> ProfileResult:
     """Run the sweep; ``gpu_index`` is the NVML index of ``device`` (whose window rows are kept);
-    ``collectives``: this process is one TP rank of several (see ``tp_ranks``)."""
+    ``collectives``: this process is one TP rank of several (see ``tp_ranks``); ``timer`` times the
+    iterations (see ``measure_point``)."""
     model = LlamaShard(preset, tp=tp, device=device, dtype=dtype, layers=layers, collectives=collectives)
     run = _SweepRun(model, sweep, repeats, warmup,
-                    sampler, gpu_index, min_window_s, on_point, provenance or {}, log)
+                    sampler, gpu_index, min_window_s, on_point, provenance or {}, log, timer)
     for clock in clocks or [None]:
         for limit in power_limits or [None]:
             todo = [point for point in (SweepPoint(*p, clock, limit) for p in points(sweep)) if point not in done]
@@ -133,8 +136,8 @@ class _SweepRun:
     """One sweep's model, sampler and the rows and skips it has gathered so far."""
 
     def __init__(self, model: LlamaShard, sweep: str, repeats: int, warmup: int, sampler, gpu_index, min_window_s,
-                 on_point, provenance: dict, log) -> None:
-        self.model, self.repeats, self.warmup = model, repeats, warmup
+                 on_point, provenance: dict, log, timer: Callable[[], float]) -> None:
+        self.model, self.repeats, self.warmup, self.timer = model, repeats, warmup, timer
         self.sampler, self.gpu_index, self.min_window_s = sampler, gpu_index, min_window_s
         self.on_point, self.log = on_point, log
         self.on_gpu = model.device.type == "cuda"
@@ -156,7 +159,8 @@ class _SweepRun:
     def measure(self, point: SweepPoint, read_clock: float | None, read_limit: float | None) -> None:
         try:
             measured = measure_point(self.model, point.c, point.p, point.b, point.k, self.warmup, self.repeats,
-                                     self.min_window_s, _window_factory(self.sampler, point, self.gpu_index))
+                                     self.min_window_s, _window_factory(self.sampler, point, self.gpu_index),
+                                     timer=self.timer)
             reason = "KV does not fit in memory"
         except self.out_of_memory:
             measured, reason = None, "out of memory"
@@ -206,7 +210,7 @@ def _window_factory(sampler, point: SweepPoint, gpu_index: int | None):
         return None
     attrs = dict(phase=point.phase, c=point.c, p=point.p, b=point.b, k=point.k,
                  clock=point.clock_mhz, limit=point.power_limit_w)
-    return lambda: _Recorder(sampler.window("iteration", **attrs), gpu_index)
+    return lambda: _Recorder(sampler, sampler.window("iteration", **attrs), gpu_index)
 
 
 def _per_iteration_energy(window_row: dict, iterations: int) -> dict:
@@ -227,9 +231,16 @@ def _out_of_memory_errors(torch) -> tuple[type[BaseException], ...]:
 
 
 class _Recorder:
-    """Enter/exit a sampler window; afterwards ``row`` is the profiled GPU's energy row of it."""
+    """Enter/exit a sampler window; afterwards ``row`` is the profiled GPU's energy row of it.
 
-    def __init__(self, window_cm, gpu_index: int | None) -> None:
+    Just before the window closes, the sampler takes one telemetry sample of every GPU, so that
+    each repeat has at least one sample inside its window for the telemetry join (observed clock,
+    capping, temperature) however many of the background thread's ticks a busy host let through.
+    It is taken after the iterations have synchronized, while the GPU still runs at their clocks.
+    """
+
+    def __init__(self, sampler, window_cm, gpu_index: int | None) -> None:
+        self.sampler = sampler
         self.cm = window_cm
         self.gpu_index = gpu_index
         self.row: dict = {}
@@ -239,6 +250,10 @@ class _Recorder:
         return self
 
     def __exit__(self, *exc):
-        self.cm.__exit__(*exc)
+        try:
+            if exc[0] is None:  # a failed repeat keeps no row: nothing to join its telemetry to
+                self.sampler.tick()
+        finally:
+            self.cm.__exit__(*exc)
         rows = [r for r in (self.window.rows or []) if self.gpu_index is None or r["gpu_index"] == self.gpu_index]
         self.row = rows[0] if len(rows) == 1 else {}

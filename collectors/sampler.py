@@ -310,7 +310,15 @@ class Sampler:
             self._stop.wait(next_tick - now)
 
     def tick(self) -> None:
-        """One sample of every GPU still streaming, then the marker file."""
+        """One sample of every GPU still streaming, then the marker file.
+
+        Safe to call from another thread beside the sampler's own (the profiler samples at each
+        window's end): the whole tick holds the lock, so two threads never re-initialize NVML at once.
+        """
+        with self._lock:
+            self._tick()
+
+    def _tick(self) -> None:
         slow = self.ticks % self.slow_every == 0
         self.ticks += 1
         if self._driver.failures:
@@ -323,8 +331,7 @@ class Sampler:
             if gpu in self.lost:
                 continue
             try:
-                with self._lock:
-                    self._sample(gpu, info, slow)
+                self._sample(gpu, info, slow)
             except DriverUnavailable as exc:
                 self._driver_down(str(exc))
                 return

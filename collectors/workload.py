@@ -29,6 +29,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from .sim_profile import PRESETS, ModelShape
 
@@ -249,12 +250,15 @@ def iterations_per_window(estimate_s: float, min_window_s: float) -> int:
 
 
 def measure_point(model: LlamaShard, c: int, p: int, b: int, k: int, warmup: int, repeats: int,
-                  min_window_s: float = 0.0, window=None) -> list[Repeat] | None:
+                  min_window_s: float = 0.0, window=None,
+                  timer: Callable[[], float] = time.perf_counter) -> list[Repeat] | None:
     """Measure one (c, p, b, k) point; None when its KV would not fit.
 
     ``window()`` (optional) returns a context manager that enters as an object whose ``row`` is,
     after exit, the energy row of the repeat it enclosed (see ``profiler``); each repeat runs enough iterations to fill
-    ``min_window_s``, estimated from the warm-up iterations.
+    ``min_window_s``, estimated from the warm-up iterations.  ``timer`` (seconds) times the
+    iterations: latencies, and so the iteration counts sized from them, come from it alone (a test
+    passes a clock its fake iterations advance, so that they do not depend on how busy the machine is).
     """
     if not model.kv_fits(p + b * (k + 1) + c):
         return None
@@ -262,11 +266,11 @@ def measure_point(model: LlamaShard, c: int, p: int, b: int, k: int, warmup: int
     decode = model.make_kv(b, k, 1) if b else None
     def run(iterations: int) -> float:
         """Seconds per iteration of ``iterations`` back-to-back, synchronized at the end."""
-        start = time.perf_counter()
+        start = timer()
         for _ in range(iterations):
             model.step(c, prefix, b, decode)
         model.synchronize()
-        return (time.perf_counter() - start) / iterations
+        return (timer() - start) / iterations
 
     def timed(iterations: int) -> float:
         # TP ranks must run the same number of iterations (each one all-reduces): size from the slowest

@@ -9,6 +9,7 @@ Constants and error classes come from the real module; device functions are the 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -20,17 +21,27 @@ import pynvml
 class FakeClock:
     """Virtual seconds for tests, to share between FakeNVML(clock=...), the sampler and the code under
     test: time moves only when ``advance`` is called (pass it where a ``sleep`` is taken), so every
-    duration read from it is exact however busy the machine is."""
+    duration read from it is exact however busy the machine is.
 
-    def __init__(self, start: float = 1000.0) -> None:
+    ``read_s`` > 0 makes each reading advance it by that much first, so that readings strictly
+    increase as a real clock's do (a sample taken after a window closed is then after its end, not
+    at the same instant); durations are then exact to ``read_s`` times the readings in between.
+    """
+
+    def __init__(self, start: float = 1000.0, read_s: float = 0.0) -> None:
         self.now = start
+        self.read_s = read_s
+        self._lock = threading.Lock()  # a sampler thread reads it while the test advances it
 
     def __call__(self) -> float:
-        return self.now
+        with self._lock:
+            self.now += self.read_s
+            return self.now
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass (a sleep that returns at once)."""
-        self.now += seconds
+        with self._lock:
+            self.now += seconds
 
 
 @dataclass
