@@ -36,7 +36,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     from characterize.fitting import fit_bundle
     from characterize.importers import from_profile
-    from collectors.sim_profile import simulate_profile
+    from collectors.profiling.sim_profile import simulate_profile
     from replay.config import ClusterConfig, PoolConfig
     from replay.engine import replay
     from toolkit.traces.formats import read_trace

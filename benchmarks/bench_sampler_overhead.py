@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def measure(make_source, period_s: float, seconds: float) -> tuple[float, int]:
-    from collectors.sampler import Sampler
+    from collectors.telemetry.sampler import Sampler
 
     with tempfile.TemporaryDirectory() as out:
         sampler = Sampler(make_source(), out, period_s=period_s, flush_s=1.0)
@@ -40,8 +40,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--nvml", action="store_true", help="also measure real NVML (needs a GPU)")
     args = parser.parse_args()
-    from collectors.nvml_source import NvmlSource
-    from collectors.sim_source import SimSource
+    from collectors.telemetry.nvml_source import NvmlSource
+    from collectors.telemetry.sim_source import SimSource
     from tests.fake_pynvml import FakeGpu, FakeNVML
 
     backends = {

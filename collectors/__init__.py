@@ -1,1 +1,2 @@
-"""Telemetry collection: NVML sampling of real GPUs and a simulated device backend."""
+"""Collection: ``telemetry`` samples GPUs (NVML or the simulated device) into durable segments;
+``profiling`` runs the Llama-shaped workload whose iterations the telemetry measures."""

@@ -21,10 +21,10 @@ from toolkit.errors import InputError
 
 def make_source(backend: str, sim_gpus: int = 1, seed: int = 0):
     if backend == "sim":
-        from .sim_source import SimSource
+        from .telemetry.sim_source import SimSource
 
         return SimSource(gpus=sim_gpus, seed=seed)
-    from .nvml_source import NvmlSource
+    from .telemetry.nvml_source import NvmlSource
 
     return NvmlSource()
 
@@ -70,7 +70,7 @@ def sampler_options(func):
 
 
 def _build_sampler(backend, sim_gpus, seed, period_s, flush_s, out_dir, gpus, **extra):
-    from .sampler import Sampler
+    from .telemetry.sampler import Sampler
 
     if not period_s >= 0.01:
         raise click.BadParameter("the sampling period must be at least 0.01 s", param_hint="--period")
@@ -80,7 +80,7 @@ def _build_sampler(backend, sim_gpus, seed, period_s, flush_s, out_dir, gpus, **
 
 
 def _print_summary(out_dir: Path) -> None:
-    from .summary import format_summary, load_telemetry, summarize_telemetry
+    from .telemetry.summary import format_summary, load_telemetry, summarize_telemetry
 
     telemetry = load_telemetry(out_dir)
     if len(telemetry):
@@ -156,8 +156,8 @@ def run(command: tuple[str, ...], **opts) -> None:
 @click.option("--max-runtime", default=None, help="Stop after this long (default: until SIGTERM).")
 def daemon(rotate: str, retention: str, prom_textfile: Path | None, max_runtime: str | None, **opts) -> None:
     """Collect continuously for scheduled jobs: rotation, retention, Prometheus export."""
-    from .prometheus import write_textfile
-    from .segments import apply_retention
+    from .telemetry.prometheus import write_textfile
+    from .telemetry.segments import apply_retention
 
     keep_s = parse_duration(retention)
     on_flush = (lambda rows: write_textfile(prom_textfile, rows)) if prom_textfile else None
@@ -185,7 +185,7 @@ def daemon(rotate: str, retention: str, prom_textfile: Path | None, max_runtime:
 @click.option("--json", "as_json", is_flag=True)
 def summary(directory: Path, as_json: bool) -> None:
     """Per-GPU energy (with method), power and capping of a collection directory."""
-    from .summary import format_summary, load_telemetry, summarize_telemetry
+    from .telemetry.summary import format_summary, load_telemetry, summarize_telemetry
 
     if not directory.is_dir():
         raise InputError(directory, "no such collection directory")
@@ -206,7 +206,7 @@ def probe(backend, counter_poll_s, as_json) -> None:
     """What each GPU supports: missing metrics, energy-counter update period, power-limit and clock ranges."""
     import json
 
-    from .probe import format_probe, probe_gpus
+    from .telemetry.probe import format_probe, probe_gpus
 
     try:
         rows = probe_gpus(make_source(backend), counter_poll_s)
@@ -251,17 +251,17 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
     from toolkit.parquet_io import atomic_write_table
 
     if backend == "sim":
-        from .sim_profile import simulate_profile
+        from .profiling.sim_profile import simulate_profile
 
         table = simulate_profile(preset, "full" if sweep == "full" else "quick", repeats, seed)
         atomic_write_table(table, output)
         click.echo(f"wrote {table.num_rows:,} SIMULATED iterations ({preset}, sweep {sweep}) to {output}")
         return
-    from .counter_probe import counter_update_period, window_for_counter
-    from .profile_store import PartialProfile
-    from .profiler import profile_table, provenance_of, run_profile
-    from .tp_ranks import start_ranks
-    from .workload import shard_label
+    from .telemetry.counter_probe import counter_update_period, window_for_counter
+    from .profiling.profile_store import PartialProfile
+    from .profiling.profiler import profile_table, provenance_of, run_profile
+    from .profiling.tp_ranks import start_ranks
+    from .profiling.workload import shard_label
 
     def numbers(text, name):
         try:
@@ -288,9 +288,9 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
     try:
         with sigterm_as_interrupt():
             if backend == "gpu":
-                from .gpu_settings import GpuSettings
-                from .nvml_source import NvmlSource
-                from .sampler import Sampler
+                from .profiling.gpu_settings import GpuSettings
+                from .telemetry.nvml_source import NvmlSource
+                from .telemetry.sampler import Sampler
 
                 if store is not None:
                     telemetry = telemetry or store.directory / "telemetry"  # kept for the join, then dropped with it
@@ -346,8 +346,8 @@ def _stop(sampler) -> None:
 
 def _nvml_index_of(device: str, infos) -> int:
     """NVML index of the CUDA device the workload runs on, joined by UUID."""
-    from .nvml_source import nvml_index_for_uuid
-    from .workload import _torch
+    from .telemetry.nvml_source import nvml_index_for_uuid
+    from .profiling.workload import _torch
 
     torch = _torch()
     if not torch.cuda.is_available():
@@ -362,8 +362,8 @@ def _nvml_index_of(device: str, infos) -> int:
 
 
 def _with_telemetry(telemetry_dir: Path, rows):
-    from .profile_join import join_window_telemetry
-    from .summary import load_telemetry
+    from .profiling.profile_join import join_window_telemetry
+    from .telemetry.summary import load_telemetry
 
     return join_window_telemetry(rows, load_telemetry(telemetry_dir))
 

@@ -16,7 +16,7 @@ from .html import Report
 
 
 def add_collection(report: Report, directory: Path) -> None:
-    from collectors.summary import load_telemetry, load_windows, summarize_telemetry
+    from collectors.telemetry.summary import load_telemetry, load_windows, summarize_telemetry
 
     telemetry = load_telemetry(directory)
     if telemetry.empty:

@@ -25,7 +25,7 @@ def bundle_json():
     from characterize.fitting import fit_bundle
     from characterize.importers import from_profile
     from characterize.trees import TreeEnsembleModel
-    from collectors.sim_profile import simulate_profile
+    from collectors.profiling.sim_profile import simulate_profile
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -219,7 +219,7 @@ def test_rows_without_latency_are_left_out_with_a_warning_naming_the_row(write_t
 
 def test_power_capped_profile_rows_are_flagged_on_import(tmp_path):
     from characterize.importers import load_measurements
-    from collectors.sim_profile import simulate_profile
+    from collectors.profiling.sim_profile import simulate_profile
     from toolkit.parquet_io import atomic_write_table
 
     frame = simulate_profile("llama3-8b", "quick", 1, 0).to_pandas()
@@ -230,7 +230,7 @@ def test_power_capped_profile_rows_are_flagged_on_import(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_measurements(path)  # nothing capped: no warning
-    from collectors.profiler import profile_table
+    from collectors.profiling.profiler import profile_table
 
     frame.loc[3, "power_capped_share"] = 0.5
     capped = atomic_write_table(profile_table(frame, {}), tmp_path / "capped.parquet")

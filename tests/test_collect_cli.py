@@ -2,8 +2,8 @@ import json
 import sys
 
 
-from collectors.prometheus import format_textfile
-from collectors.segments import read_segments
+from collectors.telemetry.prometheus import format_textfile
+from collectors.telemetry.segments import read_segments
 from toolkit.schemas import PHASE_WINDOWS
 
 
@@ -22,7 +22,7 @@ def test_collect_run_measures_marked_phases(run_cli, tmp_path):
     out = tmp_path / "r"
     script = (
         "import time\n"
-        "from collectors.markers import phase\n"
+        "from collectors.telemetry.markers import phase\n"
         "with phase('prefill', tokens=8192):\n"
         "    time.sleep(0.3)\n"
         "with phase('decode', batch=16):\n"

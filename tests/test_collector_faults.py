@@ -18,14 +18,14 @@ import sys
 import pyarrow as pa
 import pytest
 
-from collectors import segments as segments_module
-from collectors.markers import MarkerReader
-from collectors.nvml_source import NvmlSource
-from collectors.prometheus import format_textfile
-from collectors.sampler import MAX_RETRY_S, Sampler
-from collectors.segments import SegmentWriter, read_segments
-from collectors.summary import summarize_telemetry
-from collectors.windows import WindowTracker
+from collectors.telemetry import segments as segments_module
+from collectors.telemetry.markers import MarkerReader
+from collectors.telemetry.nvml_source import NvmlSource
+from collectors.telemetry.prometheus import format_textfile
+from collectors.telemetry.sampler import MAX_RETRY_S, Sampler
+from collectors.telemetry.segments import SegmentWriter, read_segments
+from collectors.telemetry.summary import summarize_telemetry
+from collectors.telemetry.windows import WindowTracker
 from toolkit.schemas import PHASE_WINDOWS, TELEMETRY_SAMPLES
 
 from .fake_clock import WALL0, FakeClock, finish

@@ -2,11 +2,11 @@
 
 import pytest
 
-from collectors.gpu_selection import select_gpus
-from collectors.nvml_source import NvmlSource
-from collectors.sampler import Sampler
-from collectors.source import GpuInfo
-from collectors.summary import load_telemetry
+from collectors.telemetry.gpu_selection import select_gpus
+from collectors.telemetry.nvml_source import NvmlSource
+from collectors.telemetry.sampler import Sampler
+from collectors.telemetry.source import GpuInfo
+from collectors.telemetry.summary import load_telemetry
 from toolkit.errors import InputError
 
 from .fake_clock import WALL0, FakeClock, finish

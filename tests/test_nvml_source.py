@@ -4,8 +4,8 @@
 import pynvml
 import pytest
 
-from collectors.nvml_source import NvmlSource
-from collectors.source import READING_COLUMNS, GpuLost
+from collectors.telemetry.nvml_source import NvmlSource
+from collectors.telemetry.source import READING_COLUMNS, GpuLost
 
 from .fake_pynvml import FakeGpu, FakeNVML
 
@@ -81,7 +81,7 @@ def test_gpu_lost_raises():
 
 
 def test_no_driver_is_a_one_line_error(run_cli, tmp_path, monkeypatch):
-    import collectors.nvml_source as nvml_source
+    import collectors.telemetry.nvml_source as nvml_source
 
     class NoDriver(FakeNVML):
         def nvmlInit(self):

@@ -6,7 +6,7 @@ import pytest
 
 from characterize.fitting import fit_bundle
 from characterize.importers import from_profile
-from collectors.sim_profile import simulate_profile
+from collectors.profiling.sim_profile import simulate_profile
 from replay.config import ClusterConfig, PoolConfig
 from replay.engine import replay
 from replay.policies.dynamollm import DynamoConfig, baseline_for, classify, plan

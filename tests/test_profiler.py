@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from collectors.gpu_settings import GpuSettings, SettingUnavailable
+from collectors.profiling.gpu_settings import GpuSettings, SettingUnavailable
 
 from .fake_clock import FakeClock, finish
 from .fake_pynvml import FakeGpu, FakeNVML
@@ -20,7 +20,7 @@ from .fake_pynvml import FakeGpu, FakeNVML
 def _iterations_take(monkeypatch, clock: FakeClock, seconds: float) -> None:
     """Every workload iteration advances ``clock`` by ``seconds`` (and still runs for real), so that
     latencies timed on ``clock`` and the iteration counts sized from them are exact."""
-    from collectors.workload import LlamaShard
+    from collectors.profiling.workload import LlamaShard
 
     real_step = LlamaShard.step
 
@@ -36,7 +36,7 @@ def _hand_driven_sampler(source, out_dir, clock: FakeClock):
     """A sampler on ``clock`` without a background thread: it samples only at window edges and when
     told to (the profiler, as each window closes), so what falls inside each window does not depend
     on thread scheduling.  It closes a moment after the work, as a real run's would."""
-    from collectors.sampler import Sampler
+    from collectors.telemetry.sampler import Sampler
 
     sampler = Sampler(source, out_dir, clock=clock).open()
     try:
@@ -95,7 +95,7 @@ def test_workload_cost_grows_with_prefix_and_kv():
     """Counted, not timed: each prefix or cached token a query attends to costs 4 x heads x head_dim
     FLOPs per layer (QK^T and PV); the linear layers' cost does not depend on it."""
     pytest.importorskip("torch")
-    from collectors.workload import LlamaShard
+    from collectors.profiling.workload import LlamaShard
 
     model = LlamaShard("tiny", device="cpu", dtype="float32", layers=2)
     s = model.shape
@@ -106,7 +106,7 @@ def test_workload_cost_grows_with_prefix_and_kv():
 
 def test_new_kv_is_written_in_place_after_the_prefix_which_stays_intact():
     torch = pytest.importorskip("torch")
-    from collectors.workload import LlamaShard
+    from collectors.profiling.workload import LlamaShard
 
     model = LlamaShard("tiny", device="cpu", dtype="float32", layers=2)
     prefix, decode = model.make_kv(1, 100, 16), model.make_kv(3, 50, 1)
@@ -122,7 +122,7 @@ def test_new_kv_is_written_in_place_after_the_prefix_which_stays_intact():
 
 def test_the_chunk_attends_to_exactly_the_prefix_followed_by_its_own_keys():
     torch = pytest.importorskip("torch")
-    from collectors.workload import LlamaShard
+    from collectors.profiling.workload import LlamaShard
 
     model = LlamaShard("tiny", device="cpu", dtype="float64", layers=1)
     s = model.shape
@@ -143,7 +143,7 @@ def test_the_chunk_attends_to_exactly_the_prefix_followed_by_its_own_keys():
 
 @pytest.mark.parametrize("estimate, window, expected", [(0.01, 1.0, 100), (0.3, 1.0, 4), (2.0, 1.0, 1), (0.01, 0.0, 1)])
 def test_iterations_fill_the_energy_window(estimate, window, expected):
-    from collectors.workload import iterations_per_window
+    from collectors.profiling.workload import iterations_per_window
 
     assert iterations_per_window(estimate, window) == expected
 
@@ -177,7 +177,7 @@ class _StubModel:
 def test_repeats_are_sized_from_steady_state_iterations_not_the_first_call():
     """A 0.5 s first call (compilation, allocation) must not size the windows: a steady-state batch
     of >= 1/4 window does, and each repeat's window then holds exactly the iterations that fill it."""
-    from collectors.workload import measure_point
+    from collectors.profiling.workload import measure_point
 
     clock = FakeClock()
     model = _StubModel(clock, [0.5, 0.003])
@@ -201,8 +201,8 @@ def test_repeats_are_sized_from_steady_state_iterations_not_the_first_call():
 def test_profile_energy_per_iteration_survives_a_coarse_energy_counter(tmp_path, monkeypatch):
     """NVML's counter moves in steps (here 50 ms); iterations of 18 ms need windows of many iterations."""
     pytest.importorskip("torch")
-    from collectors.nvml_source import NvmlSource
-    from collectors.profiler import run_profile
+    from collectors.telemetry.nvml_source import NvmlSource
+    from collectors.profiling.profiler import run_profile
 
     clock = FakeClock()
     _iterations_take(monkeypatch, clock, 0.018)
@@ -221,7 +221,7 @@ def test_profile_energy_per_iteration_survives_a_coarse_energy_counter(tmp_path,
 
 
 def test_a_window_shorter_than_a_counter_step_uses_integrated_power(tmp_path):
-    from collectors.nvml_source import NvmlSource
+    from collectors.telemetry.nvml_source import NvmlSource
 
     clock = FakeClock()
     source = NvmlSource(FakeNVML([FakeGpu(power_w=lambda t: 300.0, counter_step_s=10.0)], clock=clock))
@@ -235,7 +235,7 @@ def test_a_window_shorter_than_a_counter_step_uses_integrated_power(tmp_path):
 
 def test_interrupted_sweep_keeps_finished_points_and_resumes(run_cli, tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    import collectors.profiler as profiler
+    import collectors.profiling.profiler as profiler
     from toolkit.parquet_io import read_artifact
     from toolkit.schemas import PROFILE_ITERATIONS
 
@@ -269,8 +269,8 @@ def test_interrupted_sweep_keeps_finished_points_and_resumes(run_cli, tmp_path, 
 
 
 def test_cuda_devices_join_nvml_by_uuid_not_by_index():
-    from collectors.nvml_source import nvml_index_for_uuid
-    from collectors.source import GpuInfo
+    from collectors.telemetry.nvml_source import nvml_index_for_uuid
+    from collectors.telemetry.source import GpuInfo
 
     infos = [GpuInfo(0, "GPU-aaaa-1111", "H100"), GpuInfo(1, "GPU-bbbb-2222", "H100")]
     assert nvml_index_for_uuid("bbbb-2222", infos) == 1  # as PyTorch prints it: no "GPU-" prefix
@@ -280,7 +280,7 @@ def test_cuda_devices_join_nvml_by_uuid_not_by_index():
 
 def test_gpu_settings_without_nvml_access_are_skipped():
     pytest.importorskip("torch")
-    from collectors.profiler import run_profile
+    from collectors.profiling.profiler import run_profile
 
     result = run_profile("tiny", "test", device="cpu", dtype="float32", clocks=[1410], repeats=1, warmup=0, log=lambda m: None)
     assert result.table.num_rows == 0 and "no NVML settings access" in result.skipped[0]
@@ -290,10 +290,10 @@ def test_each_repeat_is_joined_with_the_telemetry_of_its_window(tmp_path, monkey
     """The sampler takes no sample of its own here: each window's telemetry is the one the profiler
     takes as the window closes, which every repeat gets however busy the host is."""
     pytest.importorskip("torch")
-    from collectors.nvml_source import NvmlSource
-    from collectors.profile_join import join_window_telemetry
-    from collectors.profiler import run_profile
-    from collectors.summary import load_telemetry
+    from collectors.telemetry.nvml_source import NvmlSource
+    from collectors.profiling.profile_join import join_window_telemetry
+    from collectors.profiling.profiler import run_profile
+    from collectors.telemetry.summary import load_telemetry
 
     clock = FakeClock()
     _iterations_take(monkeypatch, clock, 0.007)
@@ -311,8 +311,8 @@ def test_each_repeat_is_joined_with_the_telemetry_of_its_window(tmp_path, monkey
 def test_window_telemetry_join_averages_inside_each_window_and_leaves_the_rest_null():
     import pandas as pd
 
-    from collectors.profile_join import join_window_telemetry
-    from collectors.sim_source import REASON_SW_POWER_CAP
+    from collectors.profiling.profile_join import join_window_telemetry
+    from collectors.telemetry.sim_source import REASON_SW_POWER_CAP
 
     profile = pd.DataFrame({"gpu_index": [0, 0, None], "window_start_wall_s": [10.0, 20.0, None],
                             "window_end_wall_s": [11.0, 21.0, None]})
@@ -331,8 +331,8 @@ def test_window_telemetry_join_averages_inside_each_window_and_leaves_the_rest_n
 
 
 def test_the_energy_counter_update_period_is_measured_and_sizes_the_windows():
-    from collectors.counter_probe import counter_update_period, window_for_counter
-    from collectors.nvml_source import NvmlSource
+    from collectors.telemetry.counter_probe import counter_update_period, window_for_counter
+    from collectors.telemetry.nvml_source import NvmlSource
 
     clock = FakeClock()  # each 1 ms poll takes exactly 1 ms, so the period is measured to one poll
     source = NvmlSource(FakeNVML([FakeGpu(counter_step_s=0.03)], clock=clock))
@@ -349,9 +349,9 @@ def test_the_energy_counter_update_period_is_measured_and_sizes_the_windows():
 
 
 def test_probe_reports_counter_period_missing_metrics_and_setting_ranges(monkeypatch):
-    import collectors.probe as probe
-    from collectors.counter_probe import counter_update_period
-    from collectors.nvml_source import NvmlSource
+    import collectors.telemetry.probe as probe
+    from collectors.telemetry.counter_probe import counter_update_period
+    from collectors.telemetry.nvml_source import NvmlSource
 
     clock = FakeClock()  # the counter is polled in virtual time: its period is measured to one 1 ms poll
     monkeypatch.setattr(probe, "counter_update_period",
@@ -376,7 +376,7 @@ def test_probe_cli_on_the_simulated_device_says_simulated(run_cli):
 
 def test_a_sweep_that_fails_before_any_point_leaves_nothing_to_resume(run_cli, tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    import collectors.profiler as profiler
+    import collectors.profiling.profiler as profiler
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: device-side assert")
@@ -399,9 +399,9 @@ def test_gpu_backend_end_to_end_on_a_fake_nvml(run_cli, tmp_path, monkeypatch):
     import sys
 
     import collectors.cli as collect_cli
-    import collectors.counter_probe as counter_probe
-    import collectors.profiler as profiler
-    import collectors.sampler as sampler_module
+    import collectors.telemetry.counter_probe as counter_probe
+    import collectors.profiling.profiler as profiler
+    import collectors.telemetry.sampler as sampler_module
     from toolkit.parquet_io import read_artifact
     from toolkit.schemas import PROFILE_ITERATIONS
 
@@ -444,7 +444,7 @@ def test_gpu_sweep_interrupted_before_any_point_finalizes_telemetry_and_keeps_no
     import sys
 
     import collectors.cli as collect_cli
-    import collectors.profiler as profiler
+    import collectors.profiling.profiler as profiler
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -463,7 +463,7 @@ def _rank_shard_of(full, rank: int, tp: int, collectives):
     """A TP rank's shard whose weights are exact slices of ``full`` (Megatron layout)."""
     import torch
 
-    from collectors.workload import LlamaShard
+    from collectors.profiling.workload import LlamaShard
 
     shard = LlamaShard(full.preset, tp=tp, device="cpu", dtype="float64", layers=full.shape.layers, collectives=collectives)
     s, r = full.shape, rank
@@ -488,7 +488,7 @@ def _tp_equivalence_worker(rank: int, world: int, init_file: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from collectors.workload import Collectives, LlamaShard
+    from collectors.profiling.workload import Collectives, LlamaShard
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -520,7 +520,7 @@ def test_tensor_parallel_ranks_with_all_reduce_compute_the_unsharded_model(tmp_p
 
 
 def test_rank_rows_combine_into_the_instance_rows():
-    from collectors.profiler import combine_ranks
+    from collectors.profiling.profiler import combine_ranks
 
     rank0 = [{"repeat": 0, "latency_s": 0.010, "energy_j": 3.0, "mean_power_w": 300.0, "peak_power_w": 350.0,
               "energy_method": "counter", "gpu_index": 0, "window_start_wall_s": 1.0, "window_end_wall_s": 2.0}]

@@ -92,8 +92,8 @@ def test_tex_like_user_labels_reach_figures_literally(run_cli, tmp_path):
     """Window names (collection) and run directory names (replay legends) are shown as typed."""
     import time
 
-    from collectors.sampler import Sampler
-    from collectors.sim_source import SimSource
+    from collectors.telemetry.sampler import Sampler
+    from collectors.telemetry.sim_source import SimSource
 
     from .test_replay import linear_bundle, trace
 

@@ -5,12 +5,12 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from collectors.markers import MarkerReader, write_marker
-from collectors.sampler import Sampler
-from collectors.segments import read_segments
-from collectors.sim_source import SimSource
-from collectors.nvml_source import NvmlSource
-from collectors.summary import summarize_telemetry
+from collectors.telemetry.markers import MarkerReader, write_marker
+from collectors.telemetry.sampler import Sampler
+from collectors.telemetry.segments import read_segments
+from collectors.telemetry.sim_source import SimSource
+from collectors.telemetry.nvml_source import NvmlSource
+from collectors.telemetry.summary import summarize_telemetry
 from toolkit.schemas import PHASE_WINDOWS, TELEMETRY_SAMPLES
 
 from .fake_pynvml import FakeGpu, FakeNVML

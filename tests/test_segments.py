@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collectors.segments import SegmentWriter, apply_retention, read_segments, read_stream_salvaging
+from collectors.telemetry.segments import SegmentWriter, apply_retention, read_segments, read_stream_salvaging
 
 SCHEMA = pa.schema([pa.field("i", pa.int64())])
 

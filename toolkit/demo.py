@@ -68,7 +68,7 @@ def _write_report(out: Path, bundle: Path) -> None:
 def _profile_and_characterize(out: Path) -> Path:
     from characterize.fitting import fit_bundle
     from characterize.importers import from_profile
-    from collectors.sim_profile import simulate_profile
+    from collectors.profiling.sim_profile import simulate_profile
     from toolkit.parquet_io import atomic_write_table
 
     click.echo("profiling llama3-8b on the SIMULATED device (roofline model, quick sweep) ...")
@@ -134,9 +134,9 @@ def _collect_simulated(out: Path) -> None:
     """Sample the simulated device through prefill, decode and idle phases (about 4 s)."""
     import time
 
-    from collectors.sampler import Sampler
-    from collectors.sim_source import SimSource
-    from collectors.summary import format_summary, load_telemetry, load_windows, summarize_telemetry
+    from collectors.telemetry.sampler import Sampler
+    from collectors.telemetry.sim_source import SimSource
+    from collectors.telemetry.summary import format_summary, load_telemetry, load_windows, summarize_telemetry
 
     click.echo("collecting telemetry from the SIMULATED device (2 GPUs, 20 Hz) ...")
     source = SimSource(gpus=2, seed=0)

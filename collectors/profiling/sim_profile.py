@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from toolkit.schemas import PROFILE_ITERATIONS, SIMULATED_KEY
 
-from .sim_source import SimGpuSpec, sim_power
+from ..telemetry.sim_source import SimGpuSpec, sim_power
 
 
 @dataclass(frozen=True)

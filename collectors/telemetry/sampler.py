@@ -3,7 +3,7 @@
 Rows are buffered and appended to a rolling segment store every ``flush_s`` seconds (fsynced),
 so a crash or SIGKILL loses at most one flush interval.  Windows (phases) come from
 :meth:`Sampler.window` in-process or from a marker file written by another process; their
-energy is tracked by :class:`~collectors.windows.WindowTracker`.
+energy is tracked by :class:`~collectors.telemetry.windows.WindowTracker`.
 
 The sampler survives its own faults, because a collector that stops silently loses unbounded
 data:

@@ -20,7 +20,7 @@ from toolkit.parquet_io import atomic_write_table
 from toolkit.schemas import PROFILE_ITERATIONS
 
 from .profiler import PROFILE_COLUMNS, SweepPoint, completed_points, profile_table, provenance_of
-from .segments import SegmentWriter, read_segments
+from ..telemetry.segments import SegmentWriter, read_segments
 
 PREFIX = "profile"
 

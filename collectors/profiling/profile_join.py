@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .summary import power_capped
+from ..telemetry.summary import power_capped
 
 JOINED_COLUMNS = ["observed_sm_clock_mhz", "power_capped_share", "max_temp_gpu_c"]
 

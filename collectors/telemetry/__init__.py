@@ -1,0 +1,1 @@
+"""Telemetry sampling: NVML and the simulated device, durable segments, phase windows, summaries and exports."""
