@@ -153,19 +153,30 @@ def run(command: tuple[str, ...], **opts) -> None:
 @click.option("--retention", default="7d", show_default=True, help="Delete finished segments older than this.")
 @click.option("--prom-textfile", type=click.Path(path_type=Path), default=None,
               help="Write a Prometheus textfile (dcgm-exporter metric names) at every flush.")
+@click.option("--prom-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve the same metrics for Prometheus to scrape on this port (dcgm-exporter uses 9400).")
+@click.option("--prom-addr", default="127.0.0.1", show_default=True,
+              help="Address the scrape endpoint binds; 0.0.0.0 to let other hosts scrape it.")
 @click.option("--max-runtime", default=None, help="Stop after this long (default: until SIGTERM).")
-def daemon(rotate: str, retention: str, prom_textfile: Path | None, max_runtime: str | None, **opts) -> None:
+def daemon(rotate: str, retention: str, prom_textfile: Path | None, prom_port: int | None, prom_addr: str,
+           max_runtime: str | None, **opts) -> None:
     """Collect continuously for scheduled jobs: rotation, retention, Prometheus export."""
-    from .telemetry.prometheus import write_textfile
+    from .telemetry.prometheus import PrometheusExport
     from .telemetry.segments import apply_retention
 
     keep_s = parse_duration(retention)
-    on_flush = (lambda rows: write_textfile(prom_textfile, rows)) if prom_textfile else None
-    sampler = _build_sampler(**opts, rotate_s=parse_duration(rotate), on_flush=on_flush)
+    export = None
+    if prom_textfile is not None or prom_port is not None:
+        try:
+            export = PrometheusExport(prom_textfile, prom_port, prom_addr)
+        except OSError as exc:  # port taken, address not local
+            raise InputError("--prom-port", f"cannot listen on {prom_addr}:{prom_port} ({exc.strerror or exc})") from None
+    sampler = _build_sampler(**opts, rotate_s=parse_duration(rotate), on_flush=export)
     deadline = time.monotonic() + parse_duration(max_runtime) if max_runtime else None
     with sigterm_as_interrupt():
         sampler.start()
-        click.echo(f"collecting to {opts['out_dir']} (run {sampler.run_id}); SIGTERM to stop", err=True)
+        where = f"; metrics on http://{prom_addr}:{export.port}/metrics" if export is not None and export.port else ""
+        click.echo(f"collecting to {opts['out_dir']} (run {sampler.run_id}){where}; SIGTERM to stop", err=True)
         try:
             while deadline is None or time.monotonic() < deadline:
                 for prefix in ("telemetry", "windows"):
@@ -177,7 +188,11 @@ def daemon(rotate: str, retention: str, prom_textfile: Path | None, max_runtime:
         except KeyboardInterrupt:
             click.echo("stopping: flushing what was collected", err=True)
         finally:
-            sampler.stop()
+            try:
+                sampler.stop()
+            finally:
+                if export is not None:
+                    export.close()
 
 
 @collect.command()

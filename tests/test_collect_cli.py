@@ -1,6 +1,7 @@
 import json
 import sys
 
+from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.telemetry.prometheus import format_textfile
 from collectors.telemetry.segments import read_segments
@@ -49,19 +50,68 @@ def test_daemon_writes_prometheus_textfile(run_cli, tmp_path):
     result = run_cli("collect", "daemon", "--backend", "sim", "--period", "0.05", "--flush", "0.1",
                      "--max-runtime", "0.5", "--prom-textfile", prom, "-o", tmp_path / "d")
     assert result.exit_code == 0, result.output
-    text = prom.read_text()
-    assert 'DCGM_FI_DEV_POWER_USAGE{gpu="0"' in text and 'backend="sim"' in text
-    assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter" in text
+    families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    (power,) = families["DCGM_FI_DEV_POWER_USAGE"].samples
+    assert power.labels["gpu"] == "0" and power.labels["backend"] == "sim" and power.value > 0
+    assert families["wattlas_gpu_energy_joules"].type == "counter"
     assert list((tmp_path / "d").glob("telemetry-*.parquet"))
 
 
 def test_prometheus_omits_unsupported_and_escapes_labels():
     rows = [{"gpu_index": 0, "gpu_name": 'weird "name"\n', "host": "h", "backend": "nvml",
              "power_avg_w": 250.0, "temp_mem_c": None, "energy_j": 12.5}]
-    text = format_textfile(rows)
-    assert "DCGM_FI_DEV_MEMORY_TEMP" not in text
-    assert 'modelName="weird \\"name\\"\\n"' in text
-    assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in text and "12500" in text
+    families = {f.name: f for f in text_string_to_metric_families(format_textfile(rows))}
+    assert "DCGM_FI_DEV_MEMORY_TEMP" not in families
+    assert families["DCGM_FI_DEV_POWER_USAGE"].samples[0].labels["modelName"] == 'weird "name"\n'
+    assert families["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"].samples[0].value == 12500
+
+
+def test_daemon_serves_a_scrape_endpoint(tmp_path):
+    """collect daemon --prom-port: a scrape parsed by prometheus_client's own parser."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:  # a free port on the loopback
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "collect", "daemon", "--backend", "sim", "--sim-gpus", "2",
+                             "--period", "0.05", "--flush", "0.1", "--prom-port", str(port), "-o", str(tmp_path / "d")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # a bound for a slow machine, not a speed check
+        families = {}
+        while "DCGM_FI_DEV_POWER_USAGE" not in families and time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                    families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+            except OSError:
+                continue  # not listening yet
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()
+    power = families["DCGM_FI_DEV_POWER_USAGE"].samples
+    assert sorted(s.labels["gpu"] for s in power) == ["0", "1"] and all(s.value > 0 for s in power)
+    assert {s.labels["backend"] for s in power} == {"sim"}
+
+
+def test_prometheus_port_in_use_is_one_line(run_cli, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("collect", "daemon", "--backend", "sim", "--max-runtime", "0.2",
+                         "--prom-port", taken.getsockname()[1], "-o", tmp_path)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and "--prom-port" in lines[-1] and "cannot listen" in lines[-1]
 
 
 def test_summary_of_empty_directory_is_one_line_error(run_cli, tmp_path):
