@@ -195,6 +195,27 @@ def daemon(rotate: str, retention: str, prom_textfile: Path | None, prom_port: i
                     export.close()
 
 
+@collect.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["nvidia-smi"]), default="nvidia-smi", show_default=True,
+              help="What wrote the files: nvidia-smi --query-gpu=... --format=csv.")
+@click.option("--host", default=None, help="Host name for the rows (default: each file's name).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
+def import_(files: tuple[Path, ...], fmt: str, host: str | None, out_dir: Path) -> None:
+    """Turn telemetry logged by other tools into segments that summary and reports read."""
+    from .telemetry.importers import IMPORTERS
+    from .telemetry.segments import SegmentWriter
+
+    tables = [IMPORTERS[fmt](path, host) for path in files]  # every file checked before anything is written
+    for path, table in zip(files, tables):
+        writer = SegmentWriter(out_dir, "telemetry", table.schema)
+        writer.append(table)
+        writer.close()
+        click.echo(f"{path}: {table.num_rows} samples of {len(set(table.column('gpu_index').to_pylist()))} GPU(s) "
+                   f"-> {out_dir}", err=True)
+    _print_summary(out_dir)
+
+
 @collect.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
