@@ -11,7 +11,8 @@ import pandas as pd
 from toolkit.errors import InputError
 from toolkit.validation import MAX_CLOCK_MHZ, MAX_TOKENS, check_number
 
-FORMATS = click.Choice(["auto", "wattlas", "vidur-mlp", "vidur-attention", "splitwise", "mlenergy"])
+FORMATS = click.Choice(["auto", "wattlas", "vidur-mlp", "vidur-attention", "splitwise", "mlenergy", "mlenergy-v2",
+                        "mlenergy-v1"])
 
 
 def _load_all(paths, fmt: str, where: tuple[str, ...]) -> pd.DataFrame:

@@ -10,8 +10,13 @@ Every importer returns the columns of ``profile_iterations`` it can fill (``phas
 * Vidur ``attention.csv``: per-layer attention prefill (chunk, KV prefix) and decode (batch, KV).
 * Splitwise-sim ``perf_model.csv``: batch prefill and per-token decode times of whole models.
   Its power columns are normalized (and zero for H100), so they are left null, not used.
-* ML.ENERGY benchmark results: per-GPU average power and median inter-token latency vs
-  serving batch -> phase ``serving``.
+* ML.ENERGY benchmark results: per-GPU average power and inter-token latency vs serving batch
+  -> phase ``serving``.  v3 (``avg_power_watts``, summed over ``num_gpus``) as measured; v2 and v1
+  report energy per request instead, so power is derived from it: power = energy/request x
+  requests/s, requests/s = token throughput / output tokens per request, per GPU over TP x PP.
+  v2 gives the mean batch; v1 does not, so its concurrency comes from Little's law (token
+  throughput x time per output token); its latency column is per request, so the inter-token
+  latency is latency / response_length.
 
 ``source_row`` is the 1-based data row of the input each measurement came from.  Rows without a
 positive latency are left out with a warning naming the first such row.
@@ -37,6 +42,8 @@ SIGNATURES = {
     "vidur-attention": ["is_prefill", "prefill_chunk_size", "kv_cache_size", "batch_size"],
     "splitwise": ["prompt_size", "batch_size", "token_size", "prompt_time", "token_time", "tensor_parallel"],
     "mlenergy": ["avg_power_watts", "num_gpus", "avg_batch_size", "median_itl_ms"],
+    "mlenergy-v2": ["Energy/req (J)", "Avg TPOT (s)", "Token tput (tok/s)", "Avg Output Tokens", "Avg BS (reqs)", "TP"],
+    "mlenergy-v1": ["gpu", "model", "throughput", "response_length", "latency", "energy"],
 }
 
 OUTPUT_COLUMNS = ["phase", "chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens", "tp", "sm_clock_mhz",
@@ -109,6 +116,30 @@ def from_mlenergy(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     }))
 
 
+def from_mlenergy_v2(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+    gpus = raw["TP"] * raw.get("PP", 1)
+    requests_per_s = raw["Token tput (tok/s)"] / raw["Avg Output Tokens"]
+    return _finish(pd.DataFrame({
+        "phase": "serving", "chunk_tokens": 0, "prefix_tokens": 0, "batch_size": raw["Avg BS (reqs)"], "kv_tokens": np.nan,
+        "tp": raw["TP"], "latency_s": raw["Avg TPOT (s)"],
+        "mean_power_w": raw["Energy/req (J)"] * requests_per_s / gpus,
+        "gpu_name": raw.get("GPU"), "model": raw.get("Model"), "backend": "measured:ml.energy-v2",
+        "task": raw.get("task"), "source_row": np.arange(1, len(raw) + 1),
+    }))
+
+
+def from_mlenergy_v1(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+    time_per_token = raw["latency"] / raw["response_length"]
+    return _finish(pd.DataFrame({
+        "phase": "serving", "chunk_tokens": 0, "prefix_tokens": 0,
+        "batch_size": raw["throughput"] * time_per_token,  # Little's law: sequences generating at once
+        "kv_tokens": np.nan, "tp": 1, "latency_s": time_per_token,
+        "mean_power_w": raw["energy"] * raw["throughput"] / raw["response_length"],
+        "gpu_name": raw["gpu"], "model": raw["model"], "backend": "measured:ml.energy-v1",
+        "task": raw.get("task"), "source_row": np.arange(1, len(raw) + 1),
+    }))
+
+
 def from_profile(table, path: Path | None = None) -> pd.DataFrame:
     frame = table.to_pandas()
     frame["source_row"] = np.arange(1, len(frame) + 1)
@@ -122,7 +153,8 @@ def from_profile(table, path: Path | None = None) -> pd.DataFrame:
 
 
 IMPORTERS = {"vidur-mlp": from_vidur_mlp, "vidur-attention": from_vidur_attention,
-             "splitwise": from_splitwise, "mlenergy": from_mlenergy}
+             "splitwise": from_splitwise, "mlenergy": from_mlenergy, "mlenergy-v2": from_mlenergy_v2,
+             "mlenergy-v1": from_mlenergy_v1}
 
 
 def detect(columns: list[str]) -> str | None:
@@ -150,7 +182,7 @@ def load_measurements(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
     name = detect(list(raw.columns)) if fmt == "auto" else fmt
     if name is None:
         raise InputError(path, "unrecognized measurement table (expected a wattlas profile, Vidur mlp/attention, "
-                               "Splitwise perf_model or ML.ENERGY results)")
+                               "Splitwise perf_model or ML.ENERGY v1/v2/v3 results)")
     _require(raw, SIGNATURES[name], path)
     frame = IMPORTERS[name](raw, path)
     bad = (frame["latency_s"].isna() | (frame["latency_s"] <= 0)) & ~frame["phase"].eq("serving")

@@ -6,6 +6,7 @@ import pytest
 
 from characterize.chunking import adaptive_chunks
 from characterize.fitting import fit_bundle, select_latency_model, latency_candidates
+from characterize.importers import load_measurements
 from characterize.linear_model import TermsModel
 from characterize.metrics import mape
 from characterize.model_io import ModelBundle
@@ -159,8 +160,6 @@ def test_adaptive_chunks_shrink_with_prefix_and_respect_slo():
 
 
 def test_vidur_linear_ops_holdout_within_goal():
-    from characterize.importers import load_measurements
-
     frame = load_measurements(shared_file("vidur", "compute_h100_Llama-2-7b-hf_mlp.csv"))
     bundle = fit_bundle(frame, tree_estimators=30)
     report = bundle.validation["latency_s/linear"]
@@ -169,8 +168,6 @@ def test_vidur_linear_ops_holdout_within_goal():
 
 
 def test_mlenergy_power_holdout_within_goal():
-    from characterize.importers import load_measurements
-
     frame = load_measurements(shared_file("mlenergy", "mlenergy_v3_llm_configs.csv"))
     bundle = fit_bundle(frame[frame["gpu_name"] == "H100"], tree_estimators=30)
     assert bundle.validation["mean_power_w/serving"]["physical"]["cv_mape"] <= 8.0
@@ -250,3 +247,28 @@ def test_cli_show_predict_validate_on_a_roofline_bundle(run_cli, tmp_path):
     assert predicted.exit_code == 0 and "95% CI" in predicted.output and "[SIMULATED]" in predicted.output
     validated = run_cli("characterize", "validate", models, profile)
     assert validated.exit_code == 0 and "latency_s/prefill: MAPE" in validated.output
+
+
+def test_mlenergy_v1_and_v2_tables_import_with_derived_power(tmp_path):
+    v2 = tmp_path / "v2.csv"
+    v2.write_text("Model,GPU,TP,PP,Energy/req (J),Avg TPOT (s),Token tput (tok/s),Avg Output Tokens,Avg BS (reqs),"
+                  "Max BS (reqs),task,config_file\n"
+                  "m,NVIDIA H100 80GB HBM3,2,1,100.0,0.05,2000.0,400.0,64.0,64,chat,bs64+tp2+pp1.json\n")
+    (row,) = load_measurements(v2).to_dict("records")
+    # 100 J/request x (2000 tok/s / 400 tok/request = 5 requests/s) = 500 W over 2 GPUs
+    assert row["mean_power_w"] == pytest.approx(250.0) and row["batch_size"] == 64.0 and row["tp"] == 2
+    assert row["latency_s"] == 0.05 and row["backend"] == "measured:ml.energy-v2"
+    v1 = tmp_path / "v1.csv"
+    v1.write_text("gpu,task,model,throughput,response_length,latency,energy\nA100,chat,m,25.0,250.0,10.0,2000.0\n")
+    (row,) = load_measurements(v1).to_dict("records")
+    # 2000 J/request x (25 tok/s / 250 tok/request) = 200 W; 10 s / 250 tokens = 40 ms per token;
+    # Little's law: 25 tok/s x 0.04 s = 1 sequence generating at a time
+    assert row["mean_power_w"] == pytest.approx(200.0) and row["latency_s"] == pytest.approx(0.04)
+    assert row["batch_size"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["mlenergy_v1_legacy_all.csv", "mlenergy_v2_llm_configs.csv"])
+def test_shared_mlenergy_v1_and_v2_fit(name):
+    frame = load_measurements(shared_file("mlenergy", name))
+    bundle = fit_bundle(frame, tree_estimators=20)
+    assert bundle.find("mean_power_w", "serving") is not None
