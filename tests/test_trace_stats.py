@@ -108,3 +108,32 @@ def test_chunked_stats_on_a_dask_distributed_client(write_text):
         assert stats[key] == pytest.approx(local[key]), key
     assert stats["requests"] == n
     assert stats["input_tokens"]["p50"] == pytest.approx(df["ContextTokens"].quantile(0.5))
+
+
+def test_json_stats_are_strict_json(run_cli, write_text):
+    import json
+
+    path = write_text("one.csv", "arrival_s,input_tokens,output_tokens\n0,5,1\n")
+    for mode in ("memory", "chunked"):
+        result = run_cli("trace", "stats", "--json", "--mode", mode, path)
+        assert result.exit_code == 0
+
+        def refuse(constant):
+            raise AssertionError(f"{constant} is not JSON")
+
+        stats = json.loads(result.output, parse_constant=refuse)
+        assert stats["requests"] == 1 and stats["rate_per_s"] is None and stats["interarrival_cv"] is None
+
+
+def test_chunked_stats_with_huge_arrivals_never_overflow(write_text):
+    import warnings
+
+    from toolkit.errors import InputError
+
+    rows = "".join(f"{t},1,1\n" for t in ("0", "1", "2", "9223372036854775808", "9223372036854775809"))
+    path = write_text("w.csv", "arrival_s,input_tokens,output_tokens\n" + rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an int64 cast wrapping silently warns
+        with pytest.raises(InputError) as err:
+            summarize_csv_chunked(path, blocksize=40)
+    assert "row 4 (line 5): column arrival_s: 9223372036854775808 comes" in str(err.value)

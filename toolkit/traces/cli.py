@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ..errors import InputError
+from ..errors import InputError, WattlasError
 
 FORMAT_CHOICE = click.Choice(["auto", "azure", "splitwise", "vidur", "wattlas"])
 # Above this size a CSV is processed in blocks (dask for stats, streaming for convert).
 CHUNKED_BYTES = 256 * 1024 * 1024
 
 
-def _is_large(path: Path, mode: str) -> bool:
-    if mode != "auto":
-        return mode == "chunked"
-    return path.suffix != ".parquet" and path.is_file() and path.stat().st_size > CHUNKED_BYTES
+def _is_large(path: Path, mode: str, allow_unsorted: bool = False) -> bool:
+    """Whether ``path`` is read in blocks: CSV only (Parquet is columnar and read whole)."""
+    if path.suffix == ".parquet" or path.is_dir():
+        return False
+    chunked = mode == "chunked" or (mode == "auto" and path.is_file() and path.stat().st_size > CHUNKED_BYTES)
+    if chunked and allow_unsorted:
+        # sorting needs the whole trace in memory: fail rather than ignore the flag
+        raise WattlasError(f"{path}: --allow-unsorted sorts in memory and cannot be combined with chunked reading "
+                           "(add --mode memory)")
+    return chunked
 
 
 def _label(meta: dict[str, str]) -> str:
@@ -39,10 +44,11 @@ def trace() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print statistics as JSON.")
 def stats(path: Path, fmt: str, mode: str, scheduler: str | None, allow_unsorted: bool, as_json: bool) -> None:
     """Arrival rate, inter-arrival CV and token-length percentiles of a trace."""
+    from ..jsonio import dump_json
     from .stats import finalize, format_summary, summarize_trace
 
     label = ""
-    if _is_large(path, mode):
+    if _is_large(path, mode, allow_unsorted):
         from .large import summarize_csv_chunked
 
         client = None
@@ -63,7 +69,7 @@ def stats(path: Path, fmt: str, mode: str, scheduler: str | None, allow_unsorted
         result = summarize_trace(table)
         label = _label(artifact_metadata(table.schema))
     if as_json:
-        click.echo(json.dumps({"source": str(path), "label": label or None, **result}, indent=2))
+        click.echo(dump_json({"source": str(path), "label": label or None, **result}))
     else:
         click.echo(format_summary(result, str(path), label))
 
@@ -76,9 +82,11 @@ def stats(path: Path, fmt: str, mode: str, scheduler: str | None, allow_unsorted
 @click.option("--allow-unsorted", is_flag=True, help="Sort out-of-order arrivals instead of failing (memory mode).")
 def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool) -> None:
     """Convert a trace to canonical Parquet (or wattlas CSV when DST ends in .csv)."""
+    from ..jsonio import ensure_writable_file
     from .formats import convert_trace_streaming, read_trace, write_trace
 
-    if _is_large(src, mode):
+    ensure_writable_file(dst)  # a read-only or mistyped destination fails before the work
+    if _is_large(src, mode, allow_unsorted):
         if dst.suffix == ".csv":
             raise InputError(dst, "chunked conversion writes Parquet; give a .parquet destination")
         rows = convert_trace_streaming(src, dst, fmt)

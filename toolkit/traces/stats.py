@@ -77,7 +77,7 @@ class TracePartial:
     last_s: float = float("nan")
     gaps: Moments = field(default_factory=Moments)
     gap_counts_us: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))
-    per_second: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))
+    per_second: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))  # floor(second) -> requests
     input_counts: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))
     output_counts: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))
     # co-moment terms for the input/output correlation
@@ -97,7 +97,9 @@ class TracePartial:
             last_s=float(arrival_s[-1]),
             gaps=Moments.of(gaps),
             gap_counts_us=_counts(np.round(gaps / US).astype("int64")),
-            per_second=_counts(np.floor(arrival_s).astype("int64")),
+            # float keys: a block's arrivals are only bounded once the blocks merge, and an int64
+            # cast would wrap a huge one silently before its error is raised
+            per_second=_counts(np.floor(arrival_s)),
             input_counts=_counts(np.asarray(input_tokens, dtype="int64")),
             output_counts=_counts(np.asarray(output_tokens, dtype="int64")),
             xy=(x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()),
