@@ -7,7 +7,6 @@ import sys
 import time
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from collectors.telemetry.segments import SegmentWriter, apply_retention, read_segments, read_stream_salvaging

@@ -6,7 +6,6 @@ pipeline that are not built yet are listed as such rather than faked.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ def _sample_trace(name: str, out: Path) -> Path:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("wattlas-demo"), show_default=True)
 def demo(output: Path) -> None:
     """Run the pipeline end to end on the simulated device and the shipped sample traces."""
+    from .jsonio import dump_json
     from .traces.formats import read_trace
     from .traces.stats import format_summary, summarize_trace
 
@@ -41,7 +41,7 @@ def demo(output: Path) -> None:
         stats = summarize_trace(read_trace(path))
         summaries[name] = stats
         click.echo(format_summary(stats, str(path), "synthetic"))
-    (output / "trace_stats.json").write_text(json.dumps(summaries, indent=2))
+    (output / "trace_stats.json").write_text(dump_json(summaries, indent=2))  # null, never NaN
     click.echo(f"wrote {output / 'trace_stats.json'}")
     _collect_simulated(output / "collection")
     bundle = _profile_and_characterize(output)

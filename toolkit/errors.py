@@ -31,14 +31,14 @@ class InputError(WattlasError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        parts = [str(self.source) if self.source is not None else "<input>"]
+        parts = [" ".join(str(self.source).split()) if self.source is not None else "<input>"]
         if self.row is not None:
             parts.append(f"row {self.row}" + (f" (line {self.line})" if self.line is not None else ""))
         elif self.line is not None:
             parts.append(f"line {self.line}")
-        if self.column is not None:
-            parts.append(f"column {self.column}")
+        if self.column is not None:  # names from the file itself may hold line breaks
+            parts.append(f"column {' '.join(str(self.column).split())}")
         if self.key is not None:
-            parts.append(f"key {self.key}")
+            parts.append(f"key {' '.join(str(self.key).split())}")
         # One line, always: embedded newlines from library messages would split it.
         return ": ".join(parts) + ": " + " ".join(self.message.split())

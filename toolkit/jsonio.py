@@ -66,6 +66,9 @@ def ensure_writable_dir(directory: str | Path) -> Path:
     Commands call this before their work, so a read-only or mistyped output path fails at once
     with one line naming it, instead of after a long run with a traceback."""
     directory = Path(directory)
+    blocker = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(directory, f"cannot write output here ({blocker} is a file, not a directory)")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".wattlas-write-check-", dir=directory)
