@@ -48,3 +48,15 @@ def demo_output(tmp_path_factory):
     result = CliRunner().invoke(cli, ["demo", "-o", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out, result.output
+
+
+def one_error_line(result, *fragments: str) -> str:
+    """The CLI failed with exactly one line "Error: ..." containing every fragment, no traceback."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    assert "np.float64" not in errors[0]
+    return errors[0]

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from characterize.model_io import ModelBundle
 from toolkit.errors import InputError, WattlasError
 
+from .conftest import one_error_line
+
 
 @pytest.fixture(scope="module")
 def bundle_json():
@@ -48,16 +50,6 @@ def write(tmp_path, data, name="m.json") -> str:
     path = tmp_path / name
     path.write_text(data if isinstance(data, str) else json.dumps(data))  # (NaN and Infinity as JSON allows them)
     return path
-
-
-def one_error_line(result, *fragments):
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    assert "np.float64" not in errors[0]
 
 
 def cli(*args):

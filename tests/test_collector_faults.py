@@ -29,6 +29,8 @@ from collectors.telemetry.windows import WindowTracker
 from toolkit.schemas import PHASE_WINDOWS, TELEMETRY_SAMPLES
 
 from .fake_clock import WALL0, FakeClock, finish
+from .test_segments import SCHEMA
+from .test_segments import batch as rows
 from .fake_pynvml import FakeGpu, FakeNVML
 
 PERIOD = 0.1
@@ -57,11 +59,6 @@ def telemetry(path):
 
 
 # ---------------------------------------------------------------------------- ownership
-SCHEMA = pa.schema([pa.field("i", pa.int64())])
-
-
-def rows(lo, hi):
-    return pa.table({"i": list(range(lo, hi))}, schema=SCHEMA)
 
 
 def test_a_second_writer_never_touches_a_live_writers_stream(tmp_path):

@@ -16,20 +16,10 @@ from replay.policies.polca import PolcaController
 from toolkit.errors import InputError, WattlasError
 from toolkit.validation import MAX_TOKENS
 
+from .conftest import one_error_line
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TEXTS = {name: (EXAMPLES / name).read_text() for name in ("cluster.toml", "polca_row.toml")}
-
-
-def one_error_line(result, *fragments: str) -> str:
-    """The CLI failed with exactly one line "Error: ..." containing every fragment, no traceback."""
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    assert "np.float64" not in errors[0]
-    return errors[0]
 
 
 @pytest.fixture
