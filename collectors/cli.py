@@ -197,23 +197,40 @@ def daemon(rotate: str, retention: str, prom_textfile: Path | None, prom_port: i
 
 @collect.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["nvidia-smi"]), default="nvidia-smi", show_default=True,
-              help="What wrote the files: nvidia-smi --query-gpu=... --format=csv.")
-@click.option("--host", default=None, help="Host name for the rows (default: each file's name).")
+@click.option("--format", "fmt", type=click.Choice(["nvidia-smi", "dcgm", "vllm-metrics"]), default="nvidia-smi",
+              show_default=True, help="What wrote the files: nvidia-smi --query-gpu=... --format=csv; dcgm-exporter or "
+              "vLLM /metrics scrapes (each after a '# TIMESTAMP <unix s>' line, or with sample timestamps).")
+@click.option("--host", default=None, help="Host name for the rows (default: each file's name; dcgm: its Hostname label).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
 def import_(files: tuple[Path, ...], fmt: str, host: str | None, out_dir: Path) -> None:
-    """Turn telemetry logged by other tools into segments that summary and reports read."""
-    from .telemetry.importers import IMPORTERS
-    from .telemetry.segments import SegmentWriter
+    """Turn telemetry (or engine load) logged by other tools into segments that summary and reports read.
 
+    Where a directory holds both GPU telemetry and vLLM engine load, it also gets power_vs_load.csv
+    (mean running requests vs mean power per GPU, per scrape interval) for characterize fit.
+    """
+    from .telemetry.importers import IMPORTERS, power_vs_load
+    from .telemetry.segments import SegmentWriter, read_segments
+    from .telemetry.summary import load_telemetry
+    from toolkit.schemas import ENGINE_LOAD
+
+    prefix = "engine" if fmt == "vllm-metrics" else "telemetry"
     tables = [IMPORTERS[fmt](path, host) for path in files]  # every file checked before anything is written
     for path, table in zip(files, tables):
-        writer = SegmentWriter(out_dir, "telemetry", table.schema)
+        writer = SegmentWriter(out_dir, prefix, table.schema)
         writer.append(table)
         writer.close()
-        click.echo(f"{path}: {table.num_rows} samples of {len(set(table.column('gpu_index').to_pylist()))} GPU(s) "
-                   f"-> {out_dir}", err=True)
-    _print_summary(out_dir)
+        what = (f"{len(set(table.column('engine').to_pylist()))} engine(s)" if prefix == "engine"
+                else f"{len(set(table.column('gpu_index').to_pylist()))} GPU(s)")
+        click.echo(f"{path}: {table.num_rows} samples of {what} -> {out_dir}", err=True)
+    engine = read_segments(out_dir, "engine", ENGINE_LOAD.arrow()).to_pandas()
+    telemetry = load_telemetry(out_dir)
+    if len(engine) and len(telemetry):
+        table = power_vs_load(telemetry, engine)
+        target = out_dir / "power_vs_load.csv"
+        table.to_csv(target, index=False)
+        click.echo(f"{target}: {len(table)} intervals of engine load with GPU power", err=True)
+    if len(telemetry):
+        _print_summary(out_dir)
 
 
 @collect.command()

@@ -1,5 +1,6 @@
 """collect import: an nvidia-smi CSV log becomes telemetry segments that summary and reports read."""
 
+import pandas as pd
 import pytest
 
 from collectors.telemetry.importers import read_nvidia_smi
@@ -66,3 +67,75 @@ def test_bad_logs_are_one_line(run_cli, tmp_path, content, message):
     lines = result.output.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith(f"Error: {path}")
     assert not (tmp_path / "out").exists()  # nothing half-imported
+
+
+DCGM_LABELS = 'gpu="{g}",UUID="GPU-{g}",device="nvidia{g}",modelName="NVIDIA H100 80GB HBM3",Hostname="h1"'
+
+
+def dcgm_scrapes(seconds: int = 3) -> str:
+    """dcgm-exporter scrapes as a capture loop writes them: '# TIMESTAMP' then the exposition."""
+    out = []
+    for i in range(seconds + 1):
+        out.append(f"# TIMESTAMP {1715500000 + i}.0")
+        out.append("# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).\n# TYPE DCGM_FI_DEV_POWER_USAGE gauge")
+        for g, watts in ((0, 300), (1, 100)):
+            out.append(f"DCGM_FI_DEV_POWER_USAGE{{{DCGM_LABELS.format(g=g)}}} {watts}")
+        out.append("# HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).\n"
+                   "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter")
+        for g, watts in ((0, 300), (1, 100)):
+            out.append(f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{DCGM_LABELS.format(g=g)}}} {5_000_000 + watts * 1000 * i}")
+        out.append(f'DCGM_FI_DEV_FB_USED{{{DCGM_LABELS.format(g=0)}}} 1024')
+    return "\n".join(out) + "\n"
+
+
+def vllm_scrapes(running: list[float]) -> str:
+    out = []
+    for i, n in enumerate(running):
+        out.append(f"# TIMESTAMP {1715500000 + i}.0")
+        out.append('vllm:num_requests_running{engine="0",model_name="llama"} %s' % n)
+        out.append('vllm:num_requests_waiting{engine="0",model_name="llama"} 0')
+        out.append('vllm:kv_cache_usage_perc{engine="0",model_name="llama"} 0.25')
+    return "\n".join(out) + "\n"
+
+
+def test_dcgm_scrapes_import_with_counter_energy(run_cli, tmp_path):
+    path = tmp_path / "dcgm.prom"
+    path.write_text(dcgm_scrapes(3))
+    result = run_cli("collect", "import", "--format", "dcgm", path, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    frame = load_telemetry(tmp_path / "out")
+    assert len(frame) == 8 and set(frame["host"]) == {"h1"}
+    assert frame.loc[frame["gpu_index"] == 0, "mem_used_bytes"].eq(1024 * 2**20).all()
+    summary = summarize_telemetry(frame).set_index("gpu_index")
+    assert summary.loc[0, "energy_method"] == "counter" and summary.loc[0, "energy_j"] == pytest.approx(900.0)
+    assert summary.loc[1, "energy_j"] == pytest.approx(300.0)
+
+
+def test_vllm_load_beside_telemetry_gives_a_power_vs_load_table_that_fits(run_cli, tmp_path):
+    (tmp_path / "dcgm.prom").write_text(dcgm_scrapes(3))
+    (tmp_path / "vllm.prom").write_text(vllm_scrapes([2, 4, 8, 16]))
+    out = tmp_path / "out"
+    assert run_cli("collect", "import", "--format", "dcgm", tmp_path / "dcgm.prom", "-o", out).exit_code == 0
+    result = run_cli("collect", "import", "--format", "vllm-metrics", tmp_path / "vllm.prom", "--host", "h1", "-o", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "power_vs_load.csv")
+    assert table["batch_size"].tolist() == [3.0, 6.0, 12.0]  # mean running requests of each interval
+    assert table["mean_power_w"].tolist() == [200.0, 200.0, 200.0] and table["gpus"].tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('DCGM_FI_DEV_POWER_USAGE{gpu="0"} 300\n', "has no time"),
+    ("# TIMESTAMP yesterday\n", "line 1: 'yesterday' is not Unix seconds"),
+    ("# TIMESTAMP 1715500000\nDCGM_FI_DEV_POWER_USAGE{gpu=\"0\" 300\n", "line 2: not Prometheus text exposition"),
+    ("# TIMESTAMP 1715500000\nDCGM_FI_DEV_POWER_USAGE{UUID=\"x\"} 300\n", "has no GPU index"),
+    ("# TIMESTAMP 1715500000\nDCGM_FI_DEV_POWER_USAGE{gpu=\"0\"} -3\n", "out of range"),
+    ("# TIMESTAMP 1715500000\nsomething_else 1\n", "holds no dcgm-exporter GPU metrics"),
+    ("", "holds no Prometheus samples"),
+])
+def test_bad_scrapes_are_one_line(run_cli, tmp_path, content, message):
+    path = tmp_path / "dcgm.prom"
+    path.write_text(content)
+    result = run_cli("collect", "import", "--format", "dcgm", path, "-o", tmp_path / "out")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith(f"Error: {path}"), result.output
+    assert message in lines[0]

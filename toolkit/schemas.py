@@ -19,6 +19,14 @@ SIMULATED_KEY = b"wattlas.simulated"
 
 @dataclass(frozen=True)
 class Column:
+    """One column of an artifact schema.
+
+    ``nullable``: whether cells may be null; ``required``: whether the column must be present
+    (optional columns are written only when there is data for them); ``minimum``/``maximum``:
+    inclusive bounds that validation enforces (None: unbounded); ``integral``: values must be
+    whole numbers; ``doc``: what the column holds, for people.
+    """
+
     name: str
     type: pa.DataType
     nullable: bool = True
@@ -31,6 +39,9 @@ class Column:
 
 @dataclass(frozen=True)
 class ArtifactSchema:
+    """A named, versioned artifact layout: its columns, the column rows are sorted by (None:
+    unsorted) and a description.  ``by_name`` maps column names to columns."""
+
     name: str
     version: int
     columns: tuple[Column, ...]
@@ -43,6 +54,7 @@ class ArtifactSchema:
 
     @property
     def required_names(self) -> list[str]:
+        """Names of the columns every file of this schema must have, in schema order."""
         return [c.name for c in self.columns if c.required]
 
     def arrow(self, names: list[str] | None = None, metadata: dict[str, str] | None = None) -> pa.Schema:
@@ -213,4 +225,19 @@ POWER_TIMELINE = ArtifactSchema(
     ),
 )
 
-ALL_SCHEMAS = {s.name: s for s in (REQUEST_TRACE, TELEMETRY_SAMPLES, PHASE_WINDOWS, PROFILE_ITERATIONS, REPLAY_REQUESTS, POWER_TIMELINE)}
+ENGINE_LOAD = ArtifactSchema(
+    name="engine_load",
+    version=1,
+    doc="A serving engine's load over time (imported vLLM /metrics scrapes), one row per engine per scrape.",
+    columns=(
+        Column("host", pa.string(), nullable=False),
+        Column("engine", pa.string(), nullable=False, doc="the engine's model_name (and engine index) labels"),
+        _f64("t_wall_s", "scrape time, Unix seconds", nullable=False),
+        _f64("running_requests", "requests being generated (vllm:num_requests_running)", minimum=0),
+        _f64("waiting_requests", "requests queued (vllm:num_requests_waiting)", minimum=0),
+        _f64("kv_cache_usage", "fraction of the KV cache in use, 0-1", minimum=0),
+    ),
+)
+
+ALL_SCHEMAS = {s.name: s for s in (REQUEST_TRACE, TELEMETRY_SAMPLES, PHASE_WINDOWS, PROFILE_ITERATIONS, REPLAY_REQUESTS,
+                                   POWER_TIMELINE, ENGINE_LOAD)}

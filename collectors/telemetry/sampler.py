@@ -184,7 +184,11 @@ class Sampler:
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> "Sampler":
         """Open the source and the stores (errors here are the caller's: nothing is collected yet)."""
-        infos = select_gpus(self.source.open(), self.gpu_spec)
+        try:
+            infos = select_gpus(self.source.open(), self.gpu_spec)
+        except BaseException:
+            self.source.close()  # e.g. --gpus names no GPU: leave NVML as we found it
+            raise
         self.gpus = {info.index: info for info in infos}
         self.started_wall = self.wall_clock()
         self.wall_offset = self.started_wall - self.clock()
