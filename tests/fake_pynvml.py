@@ -63,6 +63,7 @@ class FakeGpu:
     integral: tuple[float, float] = (0.0, 5e8)  # (seconds since init, mJ)
     counter_step_s: float | None = None  # the energy counter only moves every this many seconds (20-100 ms on real GPUs)
     nvlink_fail_calls: set[int] = field(default_factory=set)  # "fields" call numbers on which link 0 fails
+    mig: bool | None = None  # None: not MIG-capable (NotSupported); False/True: MIG mode off/on
 
 
 def _err(code):
@@ -205,6 +206,13 @@ class FakeNVML:
         if not gpu.pcie:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return 1234
+
+    def nvmlDeviceGetMigMode(self, handle):
+        gpu = self._gpu(handle)
+        if gpu.mig is None:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if gpu.mig else pynvml.NVML_DEVICE_MIG_DISABLE
+        return [mode, mode]
 
     def nvmlDeviceGetNvLinkState(self, handle, link):
         gpu = self._gpu(handle)

@@ -92,3 +92,28 @@ def test_no_driver_is_a_one_line_error(run_cli, tmp_path, monkeypatch):
     assert result.exit_code != 0
     assert "NVML unavailable" in result.output and "--backend sim" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("gpu, scope", [
+    (FakeGpu(), "gpu"),
+    (FakeGpu(instant_power_scopes=(pynvml.NVML_POWER_SCOPE_MODULE,), average_power_field=False), "module"),
+    (FakeGpu(mig=True), "gpu, MIG-partitioned"),
+    (FakeGpu(mig=False), "gpu"),
+])
+def test_power_scope_is_labelled_in_every_row_and_the_summary(tmp_path, gpu, scope):
+    from collectors.telemetry.sampler import Sampler
+    from collectors.telemetry.summary import format_summary, load_telemetry, summarize_telemetry
+
+    from .fake_clock import WALL0, FakeClock, finish
+
+    clock = FakeClock()
+    sampler = Sampler(NvmlSource(FakeNVML([gpu], clock=clock)), tmp_path, period_s=0.1, clock=clock,
+                      wall_clock=lambda: WALL0 + clock()).open()
+    for _ in range(3):
+        clock.advance(0.1)
+        sampler.tick()
+    finish(sampler, clock)
+    frame = load_telemetry(tmp_path)
+    assert set(frame["power_scope"]) == {scope}
+    text = format_summary(summarize_telemetry(frame))
+    assert ("power scope" in text) == (scope != "gpu") and ("Grace CPU" in text) == scope.startswith("module")

@@ -124,6 +124,9 @@ TELEMETRY_SAMPLES = ArtifactSchema(
         _f64("pcie_rx_kbps", minimum=0),
         _i64("nvlink_tx_kib", "cumulative NVLink transmitted KiB, all links"),
         _i64("nvlink_rx_kib", "cumulative NVLink received KiB, all links"),
+        Column("power_scope", pa.string(), required=False,
+               doc="what the power readings cover: 'gpu'; 'module' (Grace Hopper: GPU + Grace CPU + memory); "
+                   "', MIG-partitioned' appended when the GPU is split into MIG instances (NVML meters the whole GPU)"),
         _i64("energy_epoch", "counter epoch: +1 whenever energy_j restarts (it went backwards, or NVML was "
              "re-initialized after a driver reload); deltas are only taken within one epoch", required=False),
         Column("status", pa.string(), doc="null while healthy; otherwise why the row holds no reading "

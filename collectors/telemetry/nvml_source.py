@@ -85,6 +85,13 @@ class _Gpu:
         self.fields: list[tuple[int, int]] = []  # (field id, scope id)
         self.field_columns: list[str] = []
         self.power_usage_fallback = False
+        self.module_scope = False  # power read at MODULE scope (Grace Hopper: includes the CPU and memory)
+        self.mig = False  # split into MIG instances: NVML still meters the whole GPU
+
+    @property
+    def power_scope(self) -> str:
+        """What this GPU's power readings cover, for every row (see TELEMETRY_SAMPLES.power_scope)."""
+        return ("module" if self.module_scope else "gpu") + (", MIG-partitioned" if self.mig else "")
 
 
 class NvmlSource:
@@ -148,10 +155,20 @@ class NvmlSource:
             name = self._optional(lambda: _text(n.nvmlDeviceGetName(handle)))
             gpu = _Gpu(index, handle)
             self._probe(gpu)
+            gpu.mig = self._mig_enabled(handle)
         except (n.NVMLError, GpuLost, DriverUnavailable) as exc:
             return GpuInfo(index, None, None, error=str(exc) or type(exc).__name__)
         self.gpus[index] = gpu
         return GpuInfo(index, uuid, name)
+
+    def _mig_enabled(self, handle) -> bool:
+        n = self.nvml
+        try:
+            current, _pending = n.nvmlDeviceGetMigMode(handle)
+        except n.NVMLError as exc:
+            self._raise_if_fatal(exc)
+            return False  # not a MIG-capable GPU
+        return current == getattr(n, "NVML_DEVICE_MIG_ENABLE", 1)
 
     def reopen(self) -> list[GpuInfo]:
         """Re-initialize NVML after the driver came back; GPUs are opened afresh (match them by UUID)."""
@@ -227,6 +244,8 @@ class NvmlSource:
                 if value.nvmlReturn == n.NVML_SUCCESS:
                     gpu.fields.append(candidate)
                     gpu.field_columns.append(column)
+                    if column.startswith("power") and candidate[1] == n.NVML_POWER_SCOPE_MODULE:
+                        gpu.module_scope = True
                     break
             else:
                 skipped.append(column)
@@ -268,6 +287,7 @@ class NvmlSource:
         n = self.nvml
         gpu = self.gpus[gpu_index]
         reading = dict.fromkeys(READING_COLUMNS)
+        reading["power_scope"] = gpu.power_scope
         getters = list(gpu.getters.values()) + (list(gpu.slow_getters.values()) if slow else [])
         for getter in getters:
             try:

@@ -181,6 +181,7 @@ class SimSource:
             spec = self.spec
             reading = dict.fromkeys(READING_COLUMNS)
             reading.update(
+                power_scope="gpu",
                 nvml_timestamp_us=int(time.time() * 1e6),
                 power_instant_w=max(0.0, p * (1 + 0.01 * g.rng.standard_normal())),
                 power_avg_w=g.avg_power_w,

@@ -11,7 +11,7 @@ READING_COLUMNS = (
     "nvml_timestamp_us", "power_instant_w", "power_avg_w", "energy_j", "power_limit_w",
     "enforced_power_limit_w", "sm_clock_mhz", "mem_clock_mhz", "clocks_event_reasons", "pstate",
     "gpu_util_pct", "mem_util_pct", "mem_used_bytes", "mem_total_bytes", "temp_gpu_c", "temp_mem_c",
-    "pcie_tx_kbps", "pcie_rx_kbps", "nvlink_tx_kib", "nvlink_rx_kib",
+    "pcie_tx_kbps", "pcie_rx_kbps", "nvlink_tx_kib", "nvlink_rx_kib", "power_scope",
 )
 
 

@@ -148,6 +148,8 @@ def summarize_telemetry(table) -> pd.DataFrame:
             "max_temp_c": float(g["temp_gpu_c"].max()) if g["temp_gpu_c"].notna().any() else None,
             "power_capped_share": float(np.nanmean(capped)) if not np.isnan(capped).all() else None,
             "status": _status(g["status"].dropna().astype(str), unmeasured, float(duration)),
+            "power_scope": (g["power_scope"].dropna().iloc[-1] if "power_scope" in g and g["power_scope"].notna().any()
+                            else None),
         })
     return pd.DataFrame(rows)
 
@@ -161,6 +163,9 @@ def format_summary(summary: pd.DataFrame) -> str:
             energy += f" over {row.duration_s - row.unmeasured_s:.1f} s measured"
         mean = "" if row.mean_power_w is None or pd.isna(row.mean_power_w) else f", mean {row.mean_power_w:.1f} W"
         peak = "" if row.peak_power_w is None or pd.isna(row.peak_power_w) else f", peak {row.peak_power_w:.1f} W"
+        scope = getattr(row, "power_scope", None)
+        if isinstance(scope, str) and scope != "gpu":  # module scope (Grace Hopper) or a MIG-partitioned GPU
+            label += f" [power scope: {scope}{'; includes the Grace CPU and memory' if scope.startswith('module') else ''}]"
         lines.append(f"{row.host} GPU {row.gpu_index} {row.gpu_name or ''}{label}: {row.samples} samples over "
                      f"{row.duration_s:.1f} s, {energy}{mean}{peak}, status {row.status}")
     return "\n".join(lines)
