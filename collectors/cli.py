@@ -20,6 +20,7 @@ from toolkit.errors import InputError
 
 
 def make_source(backend: str, sim_gpus: int = 1, seed: int = 0):
+    """The telemetry source a command samples: real GPUs through NVML, or the simulated device."""
     if backend == "sim":
         from .telemetry.sim_source import SimSource
 
@@ -54,6 +55,7 @@ def sigterm_as_interrupt():
 
 
 def sampler_options(func):
+    """The options every sampling command shares (backend, period, flush, output, --gpus)."""
     @click.option("--backend", type=click.Choice(["nvml", "sim"]), default="nvml", show_default=True,
                   help="nvml: real GPUs; sim: the simulated device (output labelled simulated).")
     @click.option("--sim-gpus", type=click.IntRange(1, 1024), default=1, show_default=True, help="GPUs of the simulated device.")

@@ -15,6 +15,7 @@ class SettingUnavailable(RuntimeError):
 
 
 class GpuSettings:
+    """Clock locking and power limits of one GPU through NVML, each setting read back; root is needed on real GPUs."""
     def __init__(self, index: int = 0, nvml=None) -> None:
         self.nvml = nvml if nvml is not None else importlib.import_module("pynvml")
         self.nvml.nvmlInit()
@@ -37,6 +38,7 @@ class GpuSettings:
         return float(n.nvmlDeviceGetClockInfo(self.handle, n.NVML_CLOCK_SM))
 
     def reset_clocks(self) -> None:
+        """Release a clock lock (back to the driver's own clock management)."""
         try:
             self.nvml.nvmlDeviceResetGpuLockedClocks(self.handle)
         except self.nvml.NVMLError:
@@ -55,6 +57,7 @@ class GpuSettings:
         return read_back
 
     def reset_power_limit(self) -> None:
+        """Restore the GPU's default power limit."""
         try:
             self.nvml.nvmlDeviceSetPowerManagementLimit(self.handle, self.default_limit_mw)
         except self.nvml.NVMLError:

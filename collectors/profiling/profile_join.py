@@ -18,6 +18,7 @@ JOINED_COLUMNS = ["observed_sm_clock_mhz", "power_capped_share", "max_temp_gpu_c
 
 
 def join_window_telemetry(profile: pd.DataFrame, telemetry: pd.DataFrame) -> pd.DataFrame:
+    """Each profile row with the telemetry samples inside its window: observed SM clock, power-capped share and peak temperature."""
     out = profile.copy()
     for column in JOINED_COLUMNS:
         out[column] = np.nan

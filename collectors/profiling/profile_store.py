@@ -26,6 +26,7 @@ PREFIX = "profile"
 
 
 class PartialProfile:
+    """The finished points of an interrupted sweep (OUTPUT.partial/), appended and fsynced one point at a time so --resume can skip them."""
     def __init__(self, output: Path, resume: bool, model_label: str, tp: int) -> None:
         self.output = Path(output)
         self.directory = self.output.with_name(self.output.name + ".partial")
@@ -42,9 +43,11 @@ class PartialProfile:
         self.appended = 0
 
     def done(self) -> set[SweepPoint]:
+        """The sweep points already measured (their keys), for --resume."""
         return completed_points(self.previous)
 
     def append(self, table: pa.Table) -> None:
+        """Store one finished point's rows durably."""
         self.writer.append(table)
         self.appended += 1
 

@@ -47,6 +47,7 @@ PROFILE_COLUMNS = [c.name for c in PROFILE_ITERATIONS.columns]
 
 
 class SweepPoint(NamedTuple):
+    """One point of a sweep: phase, chunk c, prefix p, batch b, KV length k, at one clock and power limit."""
     phase: str
     c: int
     p: int
@@ -56,11 +57,13 @@ class SweepPoint(NamedTuple):
     power_limit_w: float | None  # requested
 
     def describe(self) -> str:
+        """The point in words, for progress lines and skip lists."""
         return (f"{self.phase:<7} c={self.c:<6} p={self.p:<8} b={self.b:<4} k={self.k:<7} "
                 f"clock={self.clock_mhz} limit={self.power_limit_w}")
 
 
 def points(sweep: str):
+    """The points of a named sweep (quick, full, test) for one model preset."""
     grid = GRIDS[sweep]
     for c, p in grid["prefill"]:
         yield "prefill", c, p, 0, 0
@@ -82,6 +85,7 @@ def completed_points(rows: pd.DataFrame) -> set[SweepPoint]:
 
 @dataclass
 class ProfileResult:
+    """A sweep's rows plus the points skipped (out of memory, KV does not fit) and why."""
     table: pa.Table
     skipped: list[str]
 

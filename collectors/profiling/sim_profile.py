@@ -27,6 +27,7 @@ from ..telemetry.sim_source import SimGpuSpec, sim_power
 
 @dataclass(frozen=True)
 class ModelShape:
+    """A transformer's shape: layers, hidden size, attention and KV heads, FFN width, vocabulary."""
     name: str
     layers: int
     hidden: int
@@ -37,10 +38,12 @@ class ModelShape:
 
     @property
     def head_dim(self) -> int:
+        """Dimension of one attention head (hidden / heads)."""
         return self.hidden // self.heads
 
     @property
     def params(self) -> float:
+        """Parameter count of the whole model (embeddings, attention, gated MLP, LM head)."""
         attn = self.hidden * (self.hidden + 2 * self.kv_heads * self.head_dim) + self.hidden * self.hidden
         mlp = 3 * self.hidden * self.ffn
         return self.layers * (attn + mlp) + 2 * self.vocab * self.hidden
@@ -55,6 +58,7 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class SimHardware:
+    """The simulated H100's roofline: peak FLOP/s and memory bandwidth at the maximum clock, and launch overheads."""
     peak_flops: float = 989e12  # H100 SXM dense bf16
     hbm_bytes_per_s: float = 3.35e12
     compute_efficiency: float = 0.65

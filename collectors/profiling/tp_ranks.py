@@ -20,6 +20,7 @@ from .workload import Collectives
 
 
 class Ranks:
+    """This process's place among the torchrun ranks of one tensor-parallel instance."""
     def __init__(self, tp: int, backend: str) -> None:
         import torch
         import torch.distributed as dist
@@ -38,9 +39,11 @@ class Ranks:
 
     @property
     def is_writer(self) -> bool:
+        """Rank 0 merges every point into the instance's rows and writes the file."""
         return self.rank == 0
 
     def device(self, backend: str) -> str:
+        """The device this rank drives: its local GPU, or the CPU for the cpu backend."""
         return f"cuda:{self.local_rank}" if backend == "gpu" else "cpu"
 
     def gathering(self, append) -> callable:
@@ -55,6 +58,7 @@ class Ranks:
         return on_point
 
     def close(self) -> None:
+        """Leave the process group."""
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
 

@@ -44,6 +44,7 @@ def _torch():
 
 @dataclass(frozen=True)
 class ShardShape:
+    """One tensor-parallel rank's slice of a model: heads, KV heads and FFN width divided by TP."""
     layers: int
     hidden: int
     heads: int
@@ -54,12 +55,14 @@ class ShardShape:
 
     @classmethod
     def of(cls, shape: ModelShape, tp: int) -> "ShardShape":
+        """The shard of ``shape`` one of ``tp`` ranks holds (ValueError if it does not divide evenly)."""
         if shape.heads % tp or shape.kv_heads % tp and shape.kv_heads >= tp or shape.ffn % tp:
             raise ValueError(f"{shape.name} does not shard evenly over tp={tp}")
         return cls(shape.layers, shape.hidden, shape.heads // tp, max(1, shape.kv_heads // tp), shape.head_dim,
                    shape.ffn // tp, math.ceil(shape.vocab / tp))
 
     def kv_bytes(self, tokens: int, dtype_bytes: int) -> int:
+        """Bytes of K and V for ``tokens`` tokens across all layers of the shard."""
         return 2 * self.layers * tokens * self.kv_heads * self.head_dim * dtype_bytes
 
 
@@ -73,6 +76,7 @@ class Collectives:
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
 
     def all_reduce(self, tensor):
+        """Sum ``tensor`` over the ranks in place."""
         self.dist.all_reduce(tensor, group=self.group)
         return tensor
 
@@ -121,6 +125,7 @@ def shard_label(preset: str, layers: int | None) -> str:
 
 
 class LlamaShard:
+    """A Llama-shaped transformer shard with random weights and a preallocated KV cache, run as a serving engine's iterations."""
     def __init__(self, preset: str = "llama3-8b", tp: int = 1, device: str = "cuda", dtype: str = "bfloat16",
                  seed: int = 0, layers: int | None = None, collectives: "Collectives | None" = None) -> None:
         torch = _torch()
@@ -155,6 +160,7 @@ class LlamaShard:
 
     @property
     def label(self) -> str:
+        """The model's name in rows; a run of fewer layers than the preset says so (llama3-8b[8/32 layers])."""
         return shard_label(self.preset, self.shape.layers)
 
     # ------------------------------------------------------------------ pieces
@@ -224,10 +230,12 @@ class LlamaShard:
         return partial if self.collectives is None else self.collectives.all_reduce(partial)
 
     def synchronize(self) -> None:
+        """Wait for the device's queued work (timing edges must see finished kernels)."""
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
 
     def release(self) -> None:
+        """Free the KV cache and weights (before the next configuration is built)."""
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
 

@@ -27,12 +27,16 @@ import io
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from toolkit.errors import InputError
 from toolkit.schemas import SIMULATED_KEY, TELEMETRY_SAMPLES
+
+if TYPE_CHECKING:  # pandas is imported where a join needs it
+    import pandas as pd
 
 # query field (as nvidia-smi prints it in the header, units stripped) -> (column, parser)
 MIB = 2**20
@@ -312,7 +316,7 @@ def read_vllm_metrics(path: str | Path, host: str | None = None) -> pa.Table:
     return table.sort_by([("engine", "ascending"), ("t_wall_s", "ascending")])
 
 
-def power_vs_load(telemetry: "pd.DataFrame", engine: "pd.DataFrame") -> "pd.DataFrame":
+def power_vs_load(telemetry: pd.DataFrame, engine: pd.DataFrame) -> pd.DataFrame:
     """Per interval between two scrapes of one engine: its mean running requests and the mean power of
     each GPU of its host over that interval - a table ``characterize fit`` reads as phase ``serving``
     (batch_size = running requests, mean_power_w per GPU; no latency).

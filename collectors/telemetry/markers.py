@@ -23,6 +23,7 @@ ENV_VAR = "WATTLAS_MARKER_FILE"
 
 
 def write_marker(path: str | Path, event: str, window: str, t: float | None = None, **attrs) -> None:
+    """Append one marker line (event start/end of a window, at ``t`` or now) to the file a sampler reads."""
     record = {"event": event, "window": window, "t": time.time() if t is None else t}
     if attrs:
         record["attrs"] = attrs

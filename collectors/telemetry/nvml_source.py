@@ -95,6 +95,7 @@ class _Gpu:
 
 
 class NvmlSource:
+    """Real GPUs through NVML (pynvml): metrics probed once per GPU, faults mapped to GpuLost and DriverUnavailable."""
     backend = "nvml"
 
     def __init__(self, nvml=None) -> None:
@@ -106,6 +107,7 @@ class NvmlSource:
 
     @property
     def simulated(self) -> bool:
+        """False: readings come from real GPUs."""
         return False
 
     # ------------------------------------------------------------------ error classification
@@ -136,6 +138,7 @@ class NvmlSource:
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> list[GpuInfo]:
+        """Initialize NVML and open every GPU (one that fails is reported lost, the others open); NvmlUnavailable without a driver."""
         n = self.nvml
         try:
             n.nvmlInit()
@@ -192,6 +195,7 @@ class NvmlSource:
         return [self._open_gpu(index) for index in range(count)]
 
     def close(self) -> None:
+        """Shut NVML down (errors ignored: the driver may already be gone)."""
         try:
             self.nvml.nvmlShutdown()
         except self.nvml.NVMLError:
@@ -284,6 +288,7 @@ class NvmlSource:
 
     # ------------------------------------------------------------------ reading
     def read(self, gpu_index: int, slow: bool = False) -> dict:
+        """Every reading column for one GPU (null where unsupported or failing this tick); ``slow`` adds PCIe."""
         n = self.nvml
         gpu = self.gpus[gpu_index]
         reading = dict.fromkeys(READING_COLUMNS)
@@ -329,6 +334,7 @@ class NvmlSource:
             reading[column] = None
 
     def read_energy_power(self, gpu_index: int) -> tuple[float | None, float | None]:
+        """(energy counter J, power W) read back to back, for precise window edges; None where unavailable."""
         gpu = self.gpus[gpu_index]
         energy = None
         if "energy" in gpu.getters:

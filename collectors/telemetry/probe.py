@@ -28,6 +28,7 @@ def probe_gpus(source, counter_poll_s: float = 1.0) -> list[dict]:
 
 
 def format_probe(rows: list[dict]) -> str:
+    """The probe's rows as text for a person: counter period, unsupported metrics, limit and clock ranges."""
     def show(value, unit=""):
         return "-" if value is None else f"{value:g}{unit}" if isinstance(value, float) else f"{value}{unit}"
 

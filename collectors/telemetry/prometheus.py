@@ -64,6 +64,7 @@ class TelemetryCollector:
             self._rows = rows
 
     def collect(self):
+        """The metric families of the latest rows (prometheus_client calls this at each scrape)."""
         with self._lock:
             rows = list(self._rows)
         for metric, help_text, column, scale in GAUGES:
@@ -120,6 +121,7 @@ class PrometheusExport:
             write_to_textfile(str(self.textfile), self.registry)  # atomic: temp file, then rename
 
     def close(self) -> None:
+        """Stop the scrape endpoint, if one was started."""
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

@@ -35,6 +35,7 @@ REASON_SW_POWER_CAP = 0x4
 
 @dataclass(frozen=True)
 class SimGpuSpec:
+    """The simulated GPU's constants: idle and dynamic power, power-limit range, clock range, thermal response."""
     name: str = "SIMULATED H100-SXM5-80GB"
     idle_w: float = 70.0
     dynamic_max_w: float = 650.0
@@ -51,6 +52,7 @@ class SimGpuSpec:
 
 
 def voltage_factor(f_mhz: float, spec: SimGpuSpec) -> float:
+    """Relative core voltage at ``f_mhz`` (linear between the lowest and highest clock), for f*V^2 power."""
     return 0.65 + 0.35 * f_mhz / spec.f_max_mhz
 
 
@@ -111,6 +113,7 @@ class _SimGpu:
 
 
 class SimSource:
+    """A simulated multi-GPU device with an exact energy counter; every row it produces says backend=sim."""
     backend = "sim"
     STEP_S = 0.005
 
@@ -128,27 +131,33 @@ class SimSource:
 
     @property
     def simulated(self) -> bool:
+        """True: every figure from this source is labelled [SIMULATED]."""
         return True
 
     def open(self) -> list[GpuInfo]:
+        """The simulated GPUs' identities."""
         return [GpuInfo(i, f"SIM-GPU-{self.seed:04d}-{i:02d}", self.spec.name) for i in range(self.n)]
 
     def close(self) -> None:
+        """Nothing to release."""
         pass
 
     # control knobs, mirroring what NVML lets root change
     def set_activity(self, gpu: int, value: float | None) -> None:
+        """Drive one GPU's load (0-1); None returns it to its default activity pattern."""
         with self._lock:
             self._advance(self.gpus[gpu], self.clock())
             self.gpus[gpu].override = value
 
     def set_power_limit(self, gpu: int, watts: float) -> float:
+        """Set a GPU's power limit, clamped to its range; returns the limit applied (W)."""
         with self._lock:
             g = self.gpus[gpu]
             g.power_limit_w = float(min(max(watts, self.spec.min_power_limit_w), self.spec.power_limit_w))
             return g.power_limit_w
 
     def set_locked_clocks(self, gpu: int, lo: float | None, hi: float | None) -> None:
+        """Lock a GPU's SM clock to [lo, hi] MHz; None releases it."""
         with self._lock:
             self.gpus[gpu].locked = None if lo is None else (float(lo), float(hi))
 
@@ -173,6 +182,7 @@ class SimSource:
             g.t += dt
 
     def read(self, gpu: int, slow: bool = False) -> dict:
+        """Every reading column for one simulated GPU, advanced to now."""
         with self._lock:
             g = self.gpus[gpu]
             now = self.clock()
@@ -205,5 +215,6 @@ class SimSource:
             return reading
 
     def read_energy_power(self, gpu: int) -> tuple[float | None, float | None]:
+        """(energy counter J, instant power W) of one simulated GPU now."""
         reading = self.read(gpu)
         return reading["energy_j"], reading["power_instant_w"]

@@ -17,6 +17,7 @@ READING_COLUMNS = (
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """A GPU's identity as the source reports it; ``error`` set when it could not be opened."""
     index: int
     uuid: str | None
     name: str | None
@@ -36,12 +37,15 @@ class DriverUnavailable(Exception):
 
 
 class TelemetrySource(Protocol):
+    """What every telemetry backend provides: GPU identities and one reading per GPU per call."""
     backend: str  # "nvml" or "sim"
 
     @property
-    def simulated(self) -> bool: ...
+    def simulated(self) -> bool:
+        """Whether the readings come from a simulated device (then labelled [SIMULATED])."""
 
-    def open(self) -> list[GpuInfo]: ...
+    def open(self) -> list[GpuInfo]:
+        """Open the device and return its GPUs."""
 
     def read(self, gpu: int, slow: bool) -> dict:
         """All READING_COLUMNS for one GPU; ``slow`` also reads the metrics that block (PCIe)."""
@@ -49,7 +53,8 @@ class TelemetrySource(Protocol):
     def read_energy_power(self, gpu: int) -> tuple[float | None, float | None]:
         """(energy counter J, power W) read at once, for precise window boundaries."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the device."""
 
     # Optional: ``reopen() -> list[GpuInfo]`` re-initializes after DriverUnavailable (NVML has it).
 

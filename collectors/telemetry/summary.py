@@ -155,6 +155,7 @@ def summarize_telemetry(table) -> pd.DataFrame:
 
 
 def format_summary(summary: pd.DataFrame) -> str:
+    """One line per GPU for a person: samples, energy with its method and measured time, power, status."""
     lines = []
     for row in summary.itertuples():
         label = " [SIMULATED]" if row.backend == "sim" else ""

@@ -102,6 +102,7 @@ class _GpuHistory:
 
 @dataclass
 class Window:
+    """One named time window being measured: its edges per GPU and, once closed and resolved, its rows."""
     name: str
     start: float
     attrs: dict
@@ -115,10 +116,12 @@ class Window:
 
     @property
     def done(self) -> bool:
+        """Whether every GPU's edges are resolved and the rows are filled."""
         return self.rows is not None
 
 
 class WindowTracker:
+    """Energy of named windows on every GPU, from counter deltas or integrated power, resolved as observations arrive."""
     def __init__(self, gpus: list[int], run_id: str, backend: str, wall_offset: float = 0.0,
                  history_s: float = 120.0, max_bridge_s: float | None = None) -> None:
         self.state = {g: _GpuHistory(history_s, max_bridge_s) for g in gpus}
@@ -131,6 +134,7 @@ class WindowTracker:
 
     # ------------------------------------------------------------------ windows
     def open(self, name: str, t: float, attrs: dict | None = None) -> Window:
+        """Start a window at monotonic time ``t``."""
         window = Window(name, t, dict(attrs or {}), next(self._ids))
         self.open_windows.append(window)
         for gpu, st in self.state.items():
@@ -139,6 +143,7 @@ class WindowTracker:
         return window
 
     def close(self, window: Window, t: float) -> None:
+        """End a window at ``t``; its rows are filled once every GPU has an observation past ``t``."""
         window.end = t
         for gpu, st in self.state.items():
             if st.lost:
@@ -147,6 +152,7 @@ class WindowTracker:
 
     # ------------------------------------------------------------------ observations
     def observe(self, gpu: int, t: float, counter: float | None, power: float | None, epoch: int = 0) -> None:
+        """One observation of a GPU (time, counter J, power W, counter epoch); resolves pending edges."""
         st = self.state[gpu]
         if st.lost or (st.last_t is not None and t < st.last_t):
             return
@@ -235,5 +241,6 @@ class WindowTracker:
         }
 
     def pop_completed(self) -> list[dict]:
+        """Rows of the windows completed since the last call."""
         rows, self.completed = self.completed, []
         return rows
