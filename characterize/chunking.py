@@ -17,6 +17,8 @@ prediction at the chosen chunk is reported beside it (``mixed_model_latency_s``)
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -40,7 +42,7 @@ def mixed_latency(bundle: ModelBundle, frame: pd.DataFrame) -> tuple[np.ndarray,
     return total, method
 
 
-def adaptive_chunks(bundle: ModelBundle, tbt_slo_s: float, prefixes, batch_size: int, kv_tokens: int,
+def adaptive_chunks(bundle: ModelBundle, tbt_slo_s: float, prefixes: Iterable[int], batch_size: int, kv_tokens: int,
                     tp: int | None = None, sm_clock_mhz: float | None = None,
                     granularity: int = 32, max_chunk: int = 16384) -> pd.DataFrame:
     """Largest chunk (multiple of ``granularity``) per prefix with mixed latency <= SLO.

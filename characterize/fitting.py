@@ -36,6 +36,8 @@ MIN_ROWS = 12
 
 
 def latency_candidates(phase: str, tree_estimators: int = 300) -> dict[str, Callable[[pd.DataFrame], object]]:
+    """The latency-model candidates for ``phase``, simplest first: name -> a function that fits
+    one on a frame of profile rows.  ``tree_estimators``: boosting rounds of ``trees``."""
     terms = DEFAULT_TERMS.get(phase, ["1", "c", "b"])
     candidates = {"physical": lambda df: TermsModel.fit(df, "latency_s", phase, terms)}
     if phase in ROOFLINE_TERMS:
@@ -46,11 +48,15 @@ def latency_candidates(phase: str, tree_estimators: int = 300) -> dict[str, Call
 
 
 def config_groups(frame: pd.DataFrame) -> np.ndarray:
+    """Per row, the number of its configuration (the :data:`CONFIG_COLUMNS` present; a missing
+    value counts as one more level): the groups of grouped cross-validation."""
     columns = [c for c in CONFIG_COLUMNS if c in frame]
     return frame[columns].astype("float64").fillna(-1).groupby(columns, sort=False).ngroup().to_numpy()
 
 
 def cv_mape(frame: pd.DataFrame, make: Callable, target: str, splits: int = 5) -> float | None:
+    """MAPE (percent) of ``target`` under grouped K-fold cross-validation of the models ``make``
+    fits (at most ``splits`` folds, weighted by test rows); None below three configurations."""
     groups = config_groups(frame)
     n_groups = len(np.unique(groups))
     if n_groups < 3:
@@ -64,6 +70,9 @@ def cv_mape(frame: pd.DataFrame, make: Callable, target: str, splits: int = 5) -
 
 
 def extrapolation_mape(frame: pd.DataFrame, make: Callable, target: str, axis: str | None) -> float | None:
+    """MAPE (percent) of ``target`` on rows beyond half of ``axis``'s maximum, of a model fitted on
+    rows up to a quarter of it.  None when ``axis`` is None, absent or never positive, either side
+    has fewer than :data:`MIN_ROWS` rows, or the fit raises ``ValueError``."""
     if axis is None or axis not in frame or frame[axis].max() <= 0:
         return None
     top = frame[axis].max()
@@ -78,6 +87,13 @@ def extrapolation_mape(frame: pd.DataFrame, make: Callable, target: str, axis: s
 
 
 def select_latency_model(frame: pd.DataFrame, phase: str, candidates: dict | None = None) -> tuple[object, dict]:
+    """The selected latency model, refitted on all of ``frame``, and its validation report.
+
+    ``candidates``: name -> fit function, simplest first (None: :func:`latency_candidates`).
+    The report holds per candidate its ``cv_mape``, ``extrapolation_mape`` and ``score`` (the
+    worse of both), or its ``error``, and the ``selected`` name.  Raises ``ValueError`` when no
+    candidate could be validated.
+    """
     candidates = candidates or latency_candidates(phase)
     report = {}
     for name, make in candidates.items():

@@ -12,6 +12,7 @@ scales with the clock period); outside the profiled range it uses the nearest cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,11 @@ from scipy import stats
 
 from .model_io import plain_scalar, read_coefficients, read_group, read_group_keys, read_matrix, read_terms
 from .terms import design_matrix, parse_term
+
+if TYPE_CHECKING:
+    from statsmodels.regression.linear_model import RegressionResultsWrapper
+
+    from toolkit.validation import Settings
 
 FREQ = "sm_clock_mhz"
 CANDIDATE_GROUP_KEYS = ("model", "tp", FREQ)
@@ -38,7 +44,8 @@ def _independent_columns(X: np.ndarray) -> np.ndarray:
     return np.array(kept, dtype=np.int64)
 
 
-def wls_fit(X: np.ndarray, y: np.ndarray, weighting: str = "relative"):
+def wls_fit(X: np.ndarray, y: np.ndarray, weighting: str = "relative"
+            ) -> tuple[np.ndarray, np.ndarray, RegressionResultsWrapper] | None:
     """(coef, cov, statsmodels result) of a WLS fit of y on X, or None when the rows cannot determine it.
 
     Weights 1/y^2 ("relative") minimize relative squared error.  A term that is zero or collinear
@@ -65,6 +72,14 @@ def group_keys_of(frame: pd.DataFrame) -> list[str]:
 
 @dataclass
 class TermsModel:
+    """A model linear in ``terms`` (see :mod:`characterize.terms`), fitted per group of rows with
+    equal ``group_keys`` values (model, TP, SM clock).
+
+    Each of ``groups`` holds its ``key``, one coefficient per term (``coef``), their covariance
+    (``cov``), residual degrees of freedom, rows and R^2; ``skipped`` lists the keys of groups
+    with too few rows to fit, which predictions refuse.
+    """
+
     target: str
     phase: str
     terms: list[str]
@@ -77,6 +92,11 @@ class TermsModel:
     # ------------------------------------------------------------------ fitting
     @classmethod
     def fit(cls, frame: pd.DataFrame, target: str, phase: str, terms: list[str], weighting: str = "relative") -> "TermsModel":
+        """Fit column ``target`` of ``frame`` (one phase's profile rows) on ``terms`` per group.
+
+        ``weighting``: ``"relative"`` (weights 1/y^2) or anything else for equal weights.
+        Raises ``ValueError`` for a term outside the vocabulary.
+        """
         for term in terms:
             parse_term(term)
         keys = group_keys_of(frame)
@@ -167,12 +187,13 @@ class TermsModel:
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict:
+        """The model as a JSON-ready object (:meth:`from_json` reads it back)."""
         return {"kind": self.kind, "target": self.target, "phase": self.phase, "terms": self.terms,
                 "group_keys": self.group_keys, "weighting": self.weighting, "groups": self.groups,
                 "skipped": self.skipped}
 
     @classmethod
-    def from_json(cls, table) -> "TermsModel":
+    def from_json(cls, table: Settings) -> "TermsModel":
         """The model of a bundle's JSON object (a :class:`toolkit.validation.Settings`), validated."""
         return cls(**cls._json_fields(table))
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,20 @@ from toolkit.errors import InputError
 from toolkit.validation import (MAX_CLOCK_MHZ, Settings, check_choice, check_numbers, check_text,
                                   read_text)
 
+if TYPE_CHECKING:
+    from .linear_model import TermsModel
+    from .power_model import PowerModel
+    from .roofline_model import RooflineModel
+    from .trees import TreeEnsembleModel
+
+    # what a bundle holds (for annotations only)
+    FittedModel = TermsModel | RooflineModel | PowerModel | TreeEnsembleModel
+
 BUNDLE_SCHEMA = "wattlas.model_bundle"
 BUNDLE_VERSION = 1
 
 
-def plain_scalar(value):
+def plain_scalar(value: object) -> object:
     """JSON-friendly, comparable scalars (numpy ints/floats -> Python; integral floats -> int)."""
     if value is None:
         return None
@@ -42,7 +52,7 @@ LOAD_COLUMNS = ("load_tokens", "chunk_tokens", "prefix_tokens", "batch_size", "k
 MAX_BUNDLE_BYTES = 512 * 2**20  # a bundle of 300-tree models is a few MB
 
 
-def model_from_json(data: object, source: str | Path | None = None, where: str = "model"):
+def model_from_json(data: object, source: str | Path | None = None, where: str = "model") -> FittedModel:
     """A model from its JSON object, validated (an :class:`InputError` naming ``where``'s keys)."""
     from .linear_model import TermsModel
     from .power_model import PowerModel
@@ -117,34 +127,49 @@ def read_coefficients(table: Settings, name: str, terms: list[str]) -> list[floa
 
 @dataclass
 class ModelBundle:
+    """The fitted models of one GPU and model: at most one per (target, phase), the metadata of
+    their data (sources, ``simulated``, ``created``, ...) and their validation reports, keyed
+    ``target/phase``.  Saved and loaded as JSON (:meth:`save`, :meth:`load`)."""
+
     models: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
 
     @property
     def simulated(self) -> bool:
+        """Whether the models were fitted on simulated, not measured, data."""
         return bool(self.metadata.get("simulated"))
 
-    def find(self, target: str, phase: str):
+    def find(self, target: str, phase: str) -> FittedModel | None:
+        """The model predicting ``target`` (``latency_s``, ``mean_power_w``) in ``phase``; None if
+        the bundle has none."""
         for model in self.models:
             if model.target == target and model.phase == phase:
                 return model
         return None
 
     def phases(self, target: str) -> list[str]:
+        """The phases with a ``target`` model, in bundle order."""
         return [m.phase for m in self.models if m.target == target]
 
     def predict(self, target: str, phase: str, frame: pd.DataFrame) -> np.ndarray:
+        """``target`` per row of ``frame`` (profile column names) from the ``phase`` model.
+
+        Raises ``KeyError`` when the bundle has no such model or a row's group was not fitted.
+        """
         model = self.find(target, phase)
         if model is None:
             raise KeyError(f"bundle has no {target} model for phase {phase!r} (has: {self.phases(target)})")
         return model.predict(frame)
 
     def to_json(self) -> dict:
+        """The bundle as a JSON-ready object: schema, version, metadata, validation and models."""
         return {"schema": BUNDLE_SCHEMA, "schema_version": BUNDLE_VERSION, "metadata": self.metadata,
                 "validation": self.validation, "models": [m.to_json() for m in self.models]}
 
     def save(self, path: str | Path) -> Path:
+        """Write the bundle's JSON to ``path`` (parent directories created, the file replaced
+        atomically) and return the path; sets ``metadata["created"]`` (UTC) if it is not set."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.metadata.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))

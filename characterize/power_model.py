@@ -13,6 +13,7 @@ Fitted by bounded nonlinear least squares on relative error (scipy), per group (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from scipy.optimize import least_squares
 from toolkit.validation import MAX_CLOCK_MHZ, check_text, check_number
 
 from .model_io import LOAD_COLUMNS, plain_scalar, read_group, read_group_keys
+
+if TYPE_CHECKING:
+    from toolkit.validation import Settings
 
 FREQ = "sm_clock_mhz"
 # What a saved group's parameters may be (check_number rules): the curve stays finite and >= p_idle_w.
@@ -36,6 +40,8 @@ PARAM_RULES = {
 
 
 def power_curve(params: np.ndarray, load: np.ndarray, f_rel: np.ndarray) -> np.ndarray:
+    """Power (W) at ``load`` and relative clock ``f_rel`` (f / f_ref) for ``params`` =
+    (p_idle_w, dynamic_w, load0, v0); see the module docstring."""
     p_idle, dynamic, load0, v0 = params
     scale = f_rel * (v0 + (1 - v0) * f_rel) ** 2
     return p_idle + dynamic * scale * (1 - np.exp(-load / load0))
@@ -43,6 +49,11 @@ def power_curve(params: np.ndarray, load: np.ndarray, f_rel: np.ndarray) -> np.n
 
 @dataclass
 class PowerModel:
+    """Saturating power model (see the module docstring), fitted per group of ``group_keys`` (TP,
+    model).  ``load_column`` names the load (tokens); ``f_ref`` is the clock (MHz) the relative
+    clock is taken against, None where the data had no clock.  Each of ``groups`` holds its
+    ``key`` and ``params``; ``skipped`` lists groups with too few rows to fit."""
+
     target: str
     phase: str
     load_column: str
@@ -63,6 +74,9 @@ class PowerModel:
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, target: str, phase: str, load_column: str, group_keys: list[str] | None = None) -> "PowerModel":
+        """Fit column ``target`` (W) of ``frame`` against ``load_column`` per group; ``group_keys``:
+        the candidate grouping columns (None: model and TP), used where set on every row
+        (``model`` only when the rows mix several).  Groups of fewer than 5 rows are skipped."""
         keys = [k for k in (group_keys if group_keys is not None else ["model", "tp"]) if k in frame and frame[k].notna().all()]
         keys = [k for k in keys if k != "model" or frame[k].nunique() > 1]
         f_ref = float(frame[FREQ].max()) if FREQ in frame and frame[FREQ].notna().any() else None
@@ -99,11 +113,12 @@ class PowerModel:
         return out
 
     def to_json(self) -> dict:
+        """The model as a JSON-ready object (:meth:`from_json` reads it back)."""
         return {"kind": self.kind, "target": self.target, "phase": self.phase, "load_column": self.load_column,
                 "f_ref": self.f_ref, "group_keys": self.group_keys, "groups": self.groups, "skipped": self.skipped}
 
     @classmethod
-    def from_json(cls, table) -> "PowerModel":
+    def from_json(cls, table: Settings) -> "PowerModel":
         """The model of a bundle's JSON object (a :class:`toolkit.validation.Settings`), validated:
         per group four finite parameters with ``0 <= p_idle_w <= MAX_IDLE_W``, ``dynamic_w >= 0``,
         ``load0 > 0`` (it divides the load) and ``0 <= v0 <= 1`` (a relative voltage), which keeps

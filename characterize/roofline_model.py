@@ -21,6 +21,7 @@ each piece are blended in 1/f, then the max is taken, which is what the replay c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,9 @@ from scipy import stats
 from .linear_model import TermsModel, group_keys_of, wls_fit
 from .model_io import plain_scalar, read_coefficients, read_matrix, read_terms
 from .terms import design_matrix, parse_term
+
+if TYPE_CHECKING:
+    from toolkit.validation import Settings
 
 MAX_ROUNDS = 50
 
@@ -41,12 +45,19 @@ def _wls(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] |
 
 @dataclass
 class RooflineModel(TermsModel):
+    """``max(compute piece, memory piece)``, each linear in its terms (``terms`` and
+    ``memory_terms``), fitted per group as :class:`TermsModel`; a group's ``memory_coef`` and
+    ``memory_cov`` are None where it kept the compute piece alone."""
+
     memory_terms: list[str] = field(default_factory=list)
     kind: str = "roofline"
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, target: str, phase: str, terms: list[str],
             memory_terms: list[str] | None = None) -> "RooflineModel":
+        """Fit column ``target`` of ``frame`` per group by max-affine regression (module docstring);
+        ``terms`` make the compute piece, ``memory_terms`` the memory piece (None: ``1``, ``p``).
+        Raises ``ValueError`` for a term outside the vocabulary."""
         memory_terms = list(memory_terms or ["1", "p"])
         for term in terms + memory_terms:
             parse_term(term)
@@ -77,6 +88,7 @@ class RooflineModel(TermsModel):
             yield idx, compute, memory, blend, X_all[idx], M_all[idx]
 
     def predict(self, frame: pd.DataFrame, strict: bool = True) -> np.ndarray:
+        """Predictions; rows of an unfitted group raise ``KeyError``, or are NaN with ``strict=False``."""
         out = np.full(len(frame), np.nan)
         try:
             for idx, compute, memory, *_ in self._pieces(frame):
@@ -105,6 +117,8 @@ class RooflineModel(TermsModel):
         return out
 
     def predict_interval(self, frame: pd.DataFrame, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) confidence interval of the mean prediction at ``level``, from the
+        covariance of whichever piece sets each row's latency."""
         mean, half = np.empty(len(frame)), np.empty(len(frame))
         for idx, compute, memory, blend, X, M in self._pieces(frame):
             on_memory = memory > compute if memory is not None else np.zeros(len(idx), dtype=bool)
@@ -120,10 +134,11 @@ class RooflineModel(TermsModel):
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict:
+        """The model as a JSON-ready object (:meth:`from_json` reads it back)."""
         return {**super().to_json(), "memory_terms": self.memory_terms}
 
     @classmethod
-    def from_json(cls, table) -> "RooflineModel":
+    def from_json(cls, table: Settings) -> "RooflineModel":
         """The model of a bundle's JSON object, validated as :class:`TermsModel` (the compute piece)
         plus the memory piece: its terms, and per group either no memory piece (both null) or one
         finite coefficient per memory term with its covariance."""

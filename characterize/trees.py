@@ -9,12 +9,16 @@ latency of the largest profiled one); validation measures exactly that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from toolkit.errors import InputError
 from toolkit.validation import check_choice
+
+if TYPE_CHECKING:
+    from toolkit.validation import Settings
 
 TREE_FEATURES = ["chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens", "tp", "sm_clock_mhz"]
 
@@ -25,6 +29,10 @@ def _features(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
 
 @dataclass
 class TreeEnsembleModel:
+    """Gradient-boosted regression trees as plain arrays: the prediction is ``base`` plus
+    ``learning_rate`` times the sum of the trees' leaf values, exponentiated when ``log_target``.
+    ``features`` are the :data:`TREE_FEATURES` columns the trees split on."""
+
     target: str
     phase: str
     features: list[str]
@@ -35,7 +43,10 @@ class TreeEnsembleModel:
     kind: str = "gbr_trees"
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, target: str, phase: str, seed: int = 0, **params) -> "TreeEnsembleModel":
+    def fit(cls, frame: pd.DataFrame, target: str, phase: str, seed: int = 0, **params: Any) -> "TreeEnsembleModel":
+        """Fit scikit-learn's ``GradientBoostingRegressor`` on log ``target`` (which must be > 0)
+        over the :data:`TREE_FEATURES` that vary in ``frame``; ``params`` override its options
+        (300 trees of depth 4, learning rate 0.05, subsample 0.8), ``seed`` its random state."""
         from sklearn.ensemble import GradientBoostingRegressor
 
         names = [n for n in TREE_FEATURES if n in frame and frame[n].notna().all() and frame[n].nunique() > 1]
@@ -53,6 +64,8 @@ class TreeEnsembleModel:
         return cls(target, phase, names, base, float(gbr.learning_rate), trees)
 
     def predict(self, frame: pd.DataFrame, strict: bool = True) -> np.ndarray:
+        """Predictions per row of ``frame`` (``strict`` is accepted for a common interface: trees
+        have no groups, every row gets a value).  Raises ``KeyError`` if a feature column is missing."""
         X = _features(frame, self.features)
         total = np.full(len(X), self.base)
         rows = np.arange(len(X))
@@ -70,11 +83,12 @@ class TreeEnsembleModel:
         return np.exp(total) if self.log_target else total
 
     def to_json(self) -> dict:
+        """The model as a JSON-ready object (:meth:`from_json` reads it back)."""
         return {"kind": self.kind, "target": self.target, "phase": self.phase, "features": self.features,
                 "base": self.base, "learning_rate": self.learning_rate, "log_target": self.log_target, "trees": self.trees}
 
     @classmethod
-    def from_json(cls, table) -> "TreeEnsembleModel":
+    def from_json(cls, table: Settings) -> "TreeEnsembleModel":
         """The model of a bundle's JSON object (a :class:`toolkit.validation.Settings`), validated:
         features from TREE_FEATURES, finite numbers, and trees whose nodes each point to later
         nodes, so evaluating one always reaches a leaf."""

@@ -149,6 +149,7 @@ def _baseline_dir(out_dir: Path) -> Path:
 
 
 def format_summary(s: dict) -> str:
+    """A replay summary (as :func:`run_replay` returns it) as a few lines for the terminal."""
     label = (" [SIMULATED models]" if s.get("simulated_models") else "") + (" [synthetic trace]" if s.get("synthetic_trace") else "")
     energy = "energy n/a (no power model)" if s.get("energy_kwh") is None else (
         f"energy {s['energy_kwh']:.3f} kWh IT ({s['energy_busy_kwh']:.3f} busy + {s['energy_idle_kwh']:.3f} idle), "
@@ -200,7 +201,8 @@ def replay() -> None:
 @click.option("--policy", type=click.Choice(["baseline", "dynamollm", "polca"]), default="baseline", show_default=True)
 @click.option("--rate-scale", type=float, default=1.0, show_default=True, help="Replay the trace at this many times its rate.")
 @click.option("--json", "as_json", is_flag=True)
-def run_command(trace_path, models_path, cluster_path, out_dir, limit, policy, rate_scale, as_json) -> None:
+def run_command(trace_path: Path, models_path: Path, cluster_path: Path | None, out_dir: Path | None, limit: int | None,
+                policy: str, rate_scale: float, as_json: bool) -> None:
     """Replay a trace; writes requests.parquet, power_timeline.parquet and summary.json under --out.
 
     dynamollm also replays the static baseline with the same GPUs (OUT_baseline/) and reports savings."""
@@ -219,7 +221,8 @@ def run_command(trace_path, models_path, cluster_path, out_dir, limit, policy, r
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: a LocalCluster).")
 @click.option("--workers", type=int, default=None, help="LocalCluster worker processes (default: one per core).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV of one summary row per point.")
-def sweep_command(trace_path, models_path, cluster_path, vary, scheduler, workers, output) -> None:
+def sweep_command(trace_path: Path, models_path: Path, cluster_path: Path | None, vary: tuple[str, ...],
+                  scheduler: str | None, workers: int | None, output: Path | None) -> None:
     """Replay a grid of cluster settings in parallel on dask.distributed."""
     from .config import ClusterConfig, load_cluster
     from .sweep import parse_vary, run_sweep
@@ -248,8 +251,9 @@ def sweep_command(trace_path, models_path, cluster_path, vary, scheduler, worker
 @click.option("--high-priority-fraction", type=float, default=0.5, show_default=True,
               help="For traces without a priority column (Azure): seeded random labels, this share high.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV, one row per servers-added.")
-def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, bound_low, max_over_budget, rate_scale,
-                 high_priority_fraction, output) -> None:
+def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None, max_extra: int, bound_high: float,
+                 bound_low: float, max_over_budget: float, rate_scale: float, high_priority_fraction: float,
+                 output: Path | None) -> None:
     """POLCA: the most servers a row's power budget can take with capping, within latency bounds."""
     from characterize.model_io import ModelBundle
     from toolkit.traces.formats import read_trace
@@ -286,7 +290,7 @@ def polca_search(trace_path, models_path, cluster_path, max_extra, bound_high, b
 @click.option("--tbt-slo", type=float, default=0.05, show_default=True)
 @click.option("--kv-capacity", type=int, default=4_000_000, show_default=True, help="KV tokens of one TP group.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV of the sweep.")
-def longctx(models_path, contexts, tbt_slo, kv_capacity, output) -> None:
+def longctx(models_path: Path, contexts: str, tbt_slo: float, kv_capacity: int, output: Path | None) -> None:
     """Mnemosyne: TTFT and TBT vs context under fixed/adaptive chunking, SPP and KVP."""
     from characterize.model_io import ModelBundle
 

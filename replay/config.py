@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -66,6 +67,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 from toolkit.errors import InputError
 from toolkit.validation import MAX_CLOCK_MHZ, MAX_TOKENS, Settings, read_text
+
+if TYPE_CHECKING:
+    from .policies.dynamollm import DynamoConfig
+    from .policies.polca import PolcaConfig
 
 
 # KVP: combining the groups' partial attention per iteration - one small NVLink collective per
@@ -93,6 +98,11 @@ MAX_SETTINGS_BYTES = 16 * 2**20  # a cluster TOML is a few hundred bytes
 
 @dataclass
 class PoolConfig:
+    """One pool of identical instances (each of ``tp * pp * kvp`` GPUs): its size, model bundle
+    and SM clock (MHz; None: the highest profiled), batching and KV limits (tokens), chunking,
+    SLOs (s), the request lengths and priority it accepts (None: any), and whether it is a standby
+    layout.  The module docstring describes every setting."""
+
     name: str = "default"
     instances: int = 2
     tp: int = 1
@@ -149,6 +159,10 @@ class PoolConfig:
 
 @dataclass
 class ClusterConfig:
+    """A cluster: its pools (a request goes to the first that accepts it), router and its seed,
+    power-timeline bin (s), GPU-hour price (USD), grid carbon intensity (g/kWh, or a series in
+    ``carbon_csv``), PUE, and the ``[dynamollm]``/``[polca]`` settings as checked keyword dicts."""
+
     pools: list[PoolConfig] = field(default_factory=lambda: [PoolConfig()])
     router: str = "power_of_two"
     seed: int = 0
@@ -162,6 +176,7 @@ class ClusterConfig:
 
     @property
     def instances(self) -> int:
+        """Instances in all pools, standby pools included."""
         return sum(p.instances for p in self.pools)
 
 
@@ -226,7 +241,7 @@ def coverage_gap(pools: list[PoolConfig]) -> str | None:
     return None
 
 
-def route_requests(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray, priority=None,
+def route_requests(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray, priority: np.ndarray | None = None,
                    source: str | Path | None = None) -> np.ndarray:
     """Pool index per request: the first routed (non-standby) pool whose length limits it is
     within and, when both the pool and the trace have priorities, whose priority it has.
@@ -255,7 +270,7 @@ def route_requests(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarra
     return pool
 
 
-def policy_configs(config: ClusterConfig):
+def policy_configs(config: ClusterConfig) -> tuple[DynamoConfig, PolcaConfig | None]:
     """(DynamoConfig, PolcaConfig or None) from the cluster's [dynamollm] and [polca] tables."""
     from .policies.dynamollm import DynamoConfig
     from .policies.polca import PolcaConfig

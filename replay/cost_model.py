@@ -78,11 +78,18 @@ def _coefficients(model: TermsModel, vocabulary: dict, tp: int, sm_clock_mhz: fl
 
 @dataclass
 class CompiledPower:
+    """A power model reduced to one TP group and SM clock: ``params`` (p_idle_w, dynamic_w,
+    load0, v0) and the clock relative to the model's reference, ``f_rel``.  Calling it with a
+    load (tokens in the iteration) gives the power of one GPU, W."""
+
     params: tuple[float, float, float, float]
     f_rel: float
 
     @classmethod
     def from_model(cls, model: PowerModel, tp: int, sm_clock_mhz: float | None) -> "CompiledPower":
+        """``model``'s first group for ``tp`` at ``sm_clock_mhz`` (None, or a model without a
+        reference clock: the reference clock).  Raises :class:`NotReplayable` when no group has
+        that TP."""
         match = [g for g in model.groups if "tp" not in model.group_keys or g["key"].get("tp") == tp]
         if not match:
             raise NotReplayable(f"the {model.phase} power model has no group for tp={tp}")
@@ -112,6 +119,14 @@ class InstanceCost:
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, pp: int = 1, kvp: int = 1,
                     kvp_overhead_s: float = KVP_COMBINE_S) -> "InstanceCost":
+        """The costs of an instance of ``tp * pp * kvp`` GPUs at ``sm_clock_mhz`` (None: the highest
+        profiled clock), compiled from ``bundle``'s prefill and decode latency models and its power
+        models (prefill power from the ``mixed`` model where there is no ``prefill`` one).
+
+        Raises :class:`NotReplayable` when a latency model is missing, is not a physical (terms or
+        roofline) model or has a term replay cannot compile, or a power model has no group for
+        ``tp``; ``KeyError`` when a latency model has no group for ``tp``.
+        """
         def latency_model(phase):
             model = bundle.find("latency_s", phase)
             if model is None:
@@ -133,6 +148,7 @@ class InstanceCost:
 
     @property
     def has_power(self) -> bool:
+        """Whether both the prefill and the decode power model are there (else power is unknown)."""
         return self.prefill_power is not None and self.decode_power is not None
 
     def _prefill_memory(self, p: float) -> float:
@@ -145,12 +161,16 @@ class InstanceCost:
         return self.kvp_overhead_s if self.kvp > 1 else 0.0
 
     def prefill_latency(self, c: float, cp: float, c2: float, p: float) -> float:
+        """Latency (s) of an iteration of prefill chunks only, from the sums over its chunks of c,
+        c*p, c^2 and p (tokens), with SPP and KVP applied (module docstring)."""
         q = self.pre
         attention = (q["kcp"] * cp + q["kp"] * p) / self.kvp
         compute = q["k0"] + q["kc"] * c + q["kc2"] * c2 + attention
         return max(compute, self._prefill_memory(p)) / self.pp + self.combine_s
 
     def decode_latency(self, b: int, k_sum: float) -> float:
+        """Latency (s) of a decode-only iteration of ``b`` >= 1 sequences holding ``k_sum`` KV tokens
+        together."""
         q = self.dec
         kv_reads = (q["dbk"] * k_sum + q["dk"] * (k_sum / b)) / self.kvp
         return q["d0"] + q["db"] * b + kv_reads + self.combine_s
@@ -186,6 +206,8 @@ class InstanceCost:
                                         f"the pool can run")
 
     def iteration_latency(self, c: float, cp: float, c2: float, p: float, b: int, k_sum: float) -> float:
+        """Latency (s) of an iteration of prefill chunks (sums as in :meth:`prefill_latency`) and
+        ``b`` decodes holding ``k_sum`` KV tokens, launch and combine counted once; at least 1 us."""
         if c > 0:
             latency = self.prefill_latency(c, cp, c2, p) + self._decode_share(b, k_sum)
         else:
@@ -215,10 +237,15 @@ class InstanceCost:
         return int((min(c, 1 << 30) + 1e-6) // granularity * granularity)  # (1e-6: a chunk at the boundary counts)
 
     def iteration_power(self, prefill_tokens: float, b: int) -> float | None:
+        """Power (W, all the instance's GPUs) of an iteration of ``prefill_tokens`` chunk tokens and
+        ``b`` decodes: the prefill power model when it has chunk tokens, else the decode one.
+        None without power models."""
         if not self.has_power:
             return None
         model = self.prefill_power if prefill_tokens > 0 else self.decode_power
         return model(prefill_tokens + b) * self.gpus
 
     def idle_power(self) -> float | None:
+        """Power (W, all the instance's GPUs) of an idle instance: the decode power model at zero
+        load; None without a decode power model."""
         return None if self.decode_power is None else self.decode_power(0.0) * self.gpus

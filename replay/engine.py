@@ -29,12 +29,28 @@ import time
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
 from .config import ClusterConfig, PoolConfig, route_requests
 from .cost_model import InstanceCost
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from characterize.model_io import ModelBundle
+
+    class _Controller(Protocol):
+        """What :func:`replay` calls on a policy (``skip_idle`` is optional, found by ``getattr``)."""
+
+        def next_time(self) -> float: ...
+
+        def act(self, t: float, state: ClusterState) -> None: ...
+
+        def describe(self) -> dict: ...
 
 TBT_BINS_PER_DECADE = 200
 TBT_MIN_LOG = -6.0
@@ -171,6 +187,8 @@ class Recorder:
         return starts[new], np.add.reduceat(counts, np.flatnonzero(new)), energy[new]
 
     def tbt_quantile(self, q: float) -> float:
+        """Quantile ``q`` (0 to 1) of the token-weighted time between tokens, s, to the histogram's
+        resolution (200 bins a decade); NaN before any decode."""
         total = self.tbt_hist.sum()
         if total == 0:
             return float("nan")
@@ -225,9 +243,11 @@ class Instance:
 
     @property
     def outstanding(self) -> int:
+        """Requests on the instance and not finished: queued, prefilling or decoding."""
         return len(self.queue) + len(self.prefilling) + len(self.heap)
 
     def enqueue(self, r: int) -> None:
+        """Queue request ``r`` (its row in the trace) for admission."""
         self.queue.append(r)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -383,6 +403,7 @@ class Instance:
 
     @property
     def busy(self) -> bool:
+        """Whether a request is queued, prefilling or decoding here."""
         return bool(self.queue or self.prefilling or self.heap)
 
     def set_cost(self, cost: InstanceCost) -> None:
@@ -391,12 +412,14 @@ class Instance:
         self.idle_power = cost.idle_power()
 
     def idle_until(self, t_end: float) -> None:
+        """Idle up to ``t_end`` (s), at idle power while powered; the instance's time never goes back."""
         if t_end > self.t and self.idle_power is not None and self.powered:
             self.idle_energy += self.idle_power * (t_end - self.t)
             self.rec.add_energy(self.index, self.t, t_end, self.idle_power)
         self.t = max(self.t, t_end)
 
     def power_off(self, t: float) -> None:
+        """Power off at ``t`` (s): no power drawn from now on, powered time counted up to ``t``."""
         if self.powered:
             self.powered_s += t - self.powered_since
         self.powered, self.parked = False, False
@@ -411,11 +434,17 @@ class Instance:
             self.idle_until(ready_at)
 
     def powered_seconds(self, t_end: float) -> float:
+        """Seconds the instance has been powered up to ``t_end``."""
         return self.powered_s + (t_end - self.powered_since if self.powered else 0.0)
 
 
 @dataclass
 class ReplayResult:
+    """What a replay produced: one row per request (the ``replay_requests`` columns), the power
+    timeline (``power_timeline`` columns, one row per run of equal bins), the summary (times in s,
+    energy in kWh; energy, power and carbon None without power models) and the policy's events
+    (one row per change; None until :func:`replay` sets it)."""
+
     requests: pd.DataFrame
     timeline: pd.DataFrame
     summary: dict
@@ -425,8 +454,8 @@ class ReplayResult:
 class ClusterState:
     """What a policy controller sees and may change while a replay runs."""
 
-    def __init__(self, instances: list[Instance], members: list[list[int]], config: ClusterConfig, bundles: dict,
-                 recorder: Recorder) -> None:
+    def __init__(self, instances: list[Instance], members: list[list[int]], config: ClusterConfig,
+                 bundles: dict[str | None, ModelBundle], recorder: Recorder) -> None:
         self.instances = instances
         self.recorder = recorder
         self.members = members
@@ -448,6 +477,8 @@ class ClusterState:
         return float(rec.energy_in_bins(first, last) / ((last - first) * rec.bin_s))
 
     def cost_at(self, pool_index: int, sm_clock_mhz: float | None) -> InstanceCost:
+        """The compiled costs of pool ``pool_index``'s instances at ``sm_clock_mhz`` (None: the
+        highest profiled clock), from the pool's bundle; compiled once per (pool, clock)."""
         key = (pool_index, sm_clock_mhz)
         if key not in self._costs:
             pool = self.config.pools[pool_index]
@@ -456,6 +487,8 @@ class ClusterState:
         return self._costs[key]
 
     def set_clock(self, t: float, instance: int, sm_clock_mhz: float | None, reason: str = "") -> None:
+        """Run ``instance`` at ``sm_clock_mhz`` (None: the highest profiled clock) from ``t`` on,
+        recording an event with ``reason``."""
         inst = self.instances[instance]
         inst.set_cost(self.cost_at(inst.pool_index, sm_clock_mhz))
         inst.clock = sm_clock_mhz
@@ -508,8 +541,9 @@ class ClusterState:
                 inst.power_off(max(inst.t, t))
 
 
-def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndarray | None = None,
-           progress=None, fast_forward: bool = True, controller=None, source=None) -> ReplayResult:
+def replay(trace: pd.DataFrame, bundle: ModelBundle, config: ClusterConfig, priority: np.ndarray | None = None,
+           progress: Callable[[float], None] | None = None, fast_forward: bool = True,
+           controller: _Controller | None = None, source: str | Path | None = None) -> ReplayResult:
     """Replay ``trace`` (arrival_s, input_tokens, output_tokens) through ``config``.
 
     ``fast_forward=False`` steps decode iterations one at a time: the plain reference run the
@@ -517,6 +551,7 @@ def replay(trace: pd.DataFrame, bundle, config: ClusterConfig, priority: np.ndar
     is called at the times it asks for, with every instance advanced to that time, and may change
     clocks and the number of active instances per pool through :class:`ClusterState`.  A request
     no pool accepts is refused before anything runs, naming ``source`` (the trace file) and its row.
+    ``progress``, if given, is called with the fraction of requests routed so far (0 to 1).
     """
     started = time.perf_counter()
     arrival = trace["arrival_s"].to_numpy(dtype=np.float64)

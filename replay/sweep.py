@@ -70,6 +70,9 @@ def _run_point(trace_path: str, models_path: str, cluster: dict) -> dict:
 
 def run_sweep(trace_path: Path, models_path: Path, base: ClusterConfig, grid: dict[str, list],
               address: str | None = None, workers: int | None = None) -> pd.DataFrame:
+    """One row per point of ``grid`` (see :func:`expand`): the varied settings and the replay's
+    scalar summary.  Runs on the dask scheduler at ``address``, or on a LocalCluster of
+    ``workers`` processes (None: one per core) that is closed afterwards."""
     from distributed import Client, LocalCluster, as_completed
 
     points = expand(base, grid)

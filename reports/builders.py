@@ -16,6 +16,9 @@ from .html import Report
 
 
 def add_collection(report: Report, directory: Path) -> None:
+    """Add a telemetry collection's section: energy per GPU and how it was measured, power and SM
+    clock traces, and energy per phase where the collection has windows.  Raises
+    :class:`~toolkit.errors.InputError` when ``directory`` holds no telemetry segments."""
     from collectors.telemetry.summary import load_telemetry, load_windows, summarize_telemetry
 
     telemetry = load_telemetry(directory)
@@ -39,6 +42,10 @@ def add_collection(report: Report, directory: Path) -> None:
 
 
 def add_characterization(report: Report, bundle_path: Path, data_paths: list[Path], tbt_slo_s: float = 0.030) -> None:
+    """Add a model bundle's section: held-out errors per candidate, coefficients of the terms and
+    roofline models, predicted against measured on the measurement files ``data_paths`` (none: no
+    such plots), and adaptive chunk sizes for the TBT SLO ``tbt_slo_s`` (s) where the bundle has
+    prefill and decode latency models."""
     from characterize.chunking import adaptive_chunks
     from characterize.importers import load_measurements
     from characterize.model_io import ModelBundle
@@ -94,6 +101,10 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
 
 
 def add_replays(report: Report, run_dirs: list[Path], labels: list[str] | None = None, heading: str = "Trace replays") -> None:
+    """Add a section comparing replay output directories (``wattlas replay run -o``): summaries side
+    by side, cluster power over time and its distribution, latency CDFs, and DynamoLLM plans and
+    savings.  ``labels`` name the runs (None: the directory names).  Raises
+    :class:`~toolkit.errors.InputError` for a directory without ``summary.json``."""
     summaries, requests, timelines = {}, {}, {}
     for i, run in enumerate(run_dirs):
         label = labels[i] if labels else run.name
@@ -131,6 +142,8 @@ def add_replays(report: Report, run_dirs: list[Path], labels: list[str] | None =
 
 
 def add_polca(report: Report, table_csv: Path) -> None:
+    """Add the section of a ``wattlas replay polca-search`` CSV: the table, and latency impact and
+    capping time by servers added."""
     table = pd.read_csv(table_csv)
     report.heading("POLCA power oversubscription")
     report.paragraph("Each row adds servers (and proportional load) to a row with a fixed power budget; impact compares "
@@ -140,6 +153,8 @@ def add_polca(report: Report, table_csv: Path) -> None:
 
 
 def add_longctx(report: Report, table_csv: Path) -> None:
+    """Add the section of a ``wattlas replay longctx`` CSV: the table, and TTFT and TBT against
+    context length per configuration."""
     table = pd.read_csv(table_csv)
     report.heading("Mnemosyne: long-context TTFT and TBT")
     report.paragraph("One long request arrives amid a steady stream of short ones. decode_tbt_max_s is the worst gap a "

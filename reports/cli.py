@@ -39,7 +39,7 @@ def collection(directory: Path, output: Path) -> None:
 @click.option("--data", "data_paths", multiple=True, type=click.Path(path_type=Path), help="Measurements for fit diagnostics.")
 @click.option("--tbt-slo", type=float, default=0.030, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def characterization(bundle: Path, data_paths, tbt_slo: float, output: Path) -> None:
+def characterization(bundle: Path, data_paths: tuple[Path, ...], tbt_slo: float, output: Path) -> None:
     """Model bundle: validation errors, coefficients, fit diagnostics, adaptive chunks."""
     from toolkit.jsonio import ensure_writable_file
 
@@ -55,7 +55,7 @@ def characterization(bundle: Path, data_paths, tbt_slo: float, output: Path) -> 
 @report.command("replay")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def replay_report(runs, output: Path) -> None:
+def replay_report(runs: tuple[Path, ...], output: Path) -> None:
     """One or more replay output directories: summaries, power timelines and CDFs, latency CDFs."""
     from toolkit.jsonio import ensure_writable_file
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a display
@@ -12,6 +14,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from replay.engine import cluster_power  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 sns.set_theme(style="whitegrid", context="notebook")
 # Labels come from users (phase, window, pool, run names): a "$" must be a dollar sign, not the
@@ -24,7 +29,7 @@ def _fig(width=9.0, height=3.6):
     return plt.subplots(figsize=(width, height))
 
 
-def telemetry_traces(frame: pd.DataFrame):
+def telemetry_traces(frame: pd.DataFrame) -> Figure:
     """Power and SM clock of every GPU over time."""
     data = frame[frame["status"].isna()].copy()
     data["t_s"] = (data["t_mono_ns"] - data["t_mono_ns"].min()) / 1e9
@@ -39,7 +44,7 @@ def telemetry_traces(frame: pd.DataFrame):
     return fig
 
 
-def phase_energy(windows: pd.DataFrame):
+def phase_energy(windows: pd.DataFrame) -> Figure:
     """Mean power per GPU of each phase (window name)."""
     data = windows.groupby(["window", "gpu_index"], as_index=False).agg(energy_j=("energy_j", "sum"), seconds=("duration_s", "sum"))
     data["mean_power_w"] = data["energy_j"] / data["seconds"]
@@ -51,7 +56,7 @@ def phase_energy(windows: pd.DataFrame):
     return fig
 
 
-def fit_diagnostics(frame: pd.DataFrame, predicted: np.ndarray, target: str):
+def fit_diagnostics(frame: pd.DataFrame, predicted: np.ndarray, target: str) -> Figure:
     """Predicted vs measured, per phase, log-log with the y = x line."""
     data = frame.assign(predicted=predicted).dropna(subset=["predicted", target])
     fig, ax = _fig(6.5, 5.0)
@@ -65,7 +70,7 @@ def fit_diagnostics(frame: pd.DataFrame, predicted: np.ndarray, target: str):
     return fig
 
 
-def chunk_curve(table: pd.DataFrame):
+def chunk_curve(table: pd.DataFrame) -> Figure:
     """Adaptive chunk size against KV prefix."""
     fig, ax = _fig(7, 3.4)
     data = table[table["prefix_tokens"] > 0]
@@ -76,7 +81,7 @@ def chunk_curve(table: pd.DataFrame):
     return fig
 
 
-def power_timelines(timelines: dict[str, pd.DataFrame]):
+def power_timelines(timelines: dict[str, pd.DataFrame]) -> Figure:
     """Total cluster power over time, one line per run."""
     fig, ax = _fig()
     for label, timeline in timelines.items():
@@ -113,7 +118,7 @@ def _smoothed_cluster_power(total: pd.DataFrame, points: int = 600) -> tuple[np.
     return k * w, (upper - lower) / np.minimum(k + 1, width)
 
 
-def latency_cdfs(requests: dict[str, pd.DataFrame]):
+def latency_cdfs(requests: dict[str, pd.DataFrame]) -> Figure:
     """CDFs of TTFT and mean TBT per run."""
     frames = [df.assign(run=label) for label, df in requests.items()]
     data = pd.concat(frames, ignore_index=True)
@@ -126,7 +131,7 @@ def latency_cdfs(requests: dict[str, pd.DataFrame]):
     return fig
 
 
-def power_cdf(timelines: dict[str, pd.DataFrame]):
+def power_cdf(timelines: dict[str, pd.DataFrame]) -> Figure:
     """CDF of total cluster power per time bin (what a row's power budget sees), idle time
     included: each stretch of constant power weighs its duration."""
     frames = [cluster_power(t).assign(run=label) for label, t in timelines.items()]
@@ -137,7 +142,7 @@ def power_cdf(timelines: dict[str, pd.DataFrame]):
     return fig
 
 
-def polca_impact(table: pd.DataFrame):
+def polca_impact(table: pd.DataFrame) -> Figure:
     """p99 latency impact per priority and time under caps, against servers added."""
     impact = table.melt(id_vars="servers_added", value_vars=[c for c in table.columns if c.startswith("p99_impact_")],
                         var_name="priority", value_name="impact")
@@ -152,7 +157,7 @@ def polca_impact(table: pd.DataFrame):
     return fig
 
 
-def longctx(table: pd.DataFrame):
+def longctx(table: pd.DataFrame) -> Figure:
     """TTFT, co-batched decode TBT and the long request's TBT against context, per configuration."""
     data = table[~table["dropped"].astype(bool)]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

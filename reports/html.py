@@ -13,8 +13,12 @@ import io
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;line-height:1.45}
@@ -37,11 +41,12 @@ window.addEventListener('load', function () {
 """
 
 
-def esc(value) -> str:
+def esc(value: object) -> str:
+    """``str(value)`` escaped for HTML text and attributes (quotes too); None is the empty string."""
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def figure_png(fig, dpi: int = 100) -> str:
+def figure_png(fig: Figure, dpi: int = 100) -> str:
     """Base64 PNG of a matplotlib figure (closed afterwards)."""
     import matplotlib.pyplot as plt
 
@@ -63,6 +68,9 @@ def _format_cell(value, float_format: str) -> str:
 
 @dataclass
 class Report:
+    """An HTML report under construction: sections are appended to ``parts`` in order,
+    ``simulated`` puts a warning banner at the top, and ``figures`` counts the figures added."""
+
     title: str
     simulated: bool = False
     subtitle: str | None = None
@@ -70,16 +78,21 @@ class Report:
     figures: int = 0
 
     def heading(self, text: str, level: int = 2) -> None:
+        """Append a heading of ``level`` (``<h2>`` by default)."""
         self.parts.append(f"<h{level}>{esc(text)}</h{level}>")
 
     def paragraph(self, text: str, css: str | None = None) -> None:
+        """Append a paragraph, of CSS class ``css`` if given (``note``: small grey text)."""
         cls = f' class="{esc(css)}"' if css else ""
         self.parts.append(f"<p{cls}>{esc(text)}</p>")
 
     def banner(self, text: str) -> None:
+        """Append a highlighted warning box."""
         self.parts.append(f'<div class="banner">{esc(text)}</div>')
 
     def table(self, frame: pd.DataFrame, caption: str | None = None, float_format: str = ",.4g", index: bool = False) -> None:
+        """Append ``frame`` as a table: floats by the ``format`` spec ``float_format``, integers with
+        thousands separators, missing values as a dash (never 0); ``index``: show the index too."""
         frame = frame.reset_index() if index else frame
         head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
         rows = "".join("<tr>" + "".join(f"<td>{_format_cell(v, float_format)}</td>" for v in row) + "</tr>"
@@ -88,15 +101,18 @@ class Report:
         self.parts.append(f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
 
     def key_values(self, items: dict, caption: str | None = None) -> None:
+        """Append ``items`` as a two-column table (quantity, value)."""
         self.table(pd.DataFrame({"quantity": list(items), "value": list(items.values())}).astype(object), caption)
 
-    def figure(self, fig, caption: str) -> None:
+    def figure(self, fig: Figure, caption: str) -> None:
+        """Append a matplotlib figure as an inline PNG (the figure is closed)."""
         data = figure_png(fig)
         self.figures += 1
         self.parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
                           f"<figcaption>{esc(caption)}</figcaption></figure>")
 
     def render(self) -> str:
+        """The whole document as HTML text, stamped with the wattlas version and the time (UTC)."""
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         from toolkit import __version__
 

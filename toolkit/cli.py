@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -14,7 +15,10 @@ from .errors import WattlasError
 class WattlasGroup(click.Group):
     """Turns wattlas errors into one-line messages and a non-zero exit, without tracebacks."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the sub-command; a :class:`WattlasError`, ``OSError`` or unanticipated failure
+        becomes a ``click.ClickException`` (one line, exit status 1).  ``WATTLAS_DEBUG=1`` lets
+        unanticipated failures through with their traceback."""
         try:
             return super().invoke(ctx)
         except WattlasError as exc:
@@ -59,6 +63,7 @@ _register()
 
 
 def main() -> None:
+    """Entry point of the ``wattlas`` console script: run :func:`cli` on ``sys.argv``."""
     cli(prog_name="wattlas")
 
 

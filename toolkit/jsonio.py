@@ -13,13 +13,14 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import InputError
 
 
-def to_jsonable(value):
+def to_jsonable(value: object) -> Any:
     """``value`` with only JSON types inside: non-finite floats become None, numpy scalars and
     arrays plain Python, tuples lists, mapping keys strings; anything else its ``str``."""
     if value is None or isinstance(value, (bool, str)):
@@ -37,7 +38,7 @@ def to_jsonable(value):
     return str(value)
 
 
-def dump_json(value, indent: int | None = 2) -> str:
+def dump_json(value: object, indent: int | None = 2) -> str:
     """Strict JSON text of ``value`` (see :func:`to_jsonable`): ``null``, never NaN or Infinity."""
     return json.dumps(to_jsonable(value), indent=indent, allow_nan=False)
 

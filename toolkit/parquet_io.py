@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +14,7 @@ from .errors import InputError
 from .schemas import ALL_SCHEMAS, SCHEMA_KEY, SIMULATED_KEY, VERSION_KEY, ArtifactSchema
 
 
-def atomic_write_table(table: pa.Table, path: str | Path, **parquet_options) -> Path:
+def atomic_write_table(table: pa.Table, path: str | Path, **parquet_options: Any) -> Path:
     """Write ``table`` to ``path`` so that readers see either the old file or the whole new one.
 
     The data goes to a temporary file in the same directory, is fsynced, then renamed over the
@@ -42,10 +43,12 @@ def _umask() -> int:
 
 
 def artifact_metadata(schema: pa.Schema) -> dict[str, str]:
+    """The key/value metadata of an Arrow ``schema``, decoded to text (empty if it has none)."""
     return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
 
 
 def is_simulated(schema: pa.Schema) -> bool:
+    """Whether ``schema`` is marked as holding simulated (not measured) data."""
     return (schema.metadata or {}).get(SIMULATED_KEY, b"false").lower() == b"true"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ class RowContext:
     locate_line: Callable[[int], int | None] | None = None
 
     def column(self, name: str) -> str:
+        """The source file's spelling of canonical column ``name`` (``name`` itself if not renamed)."""
         return (self.source_columns or {}).get(name, name)
 
     def line_of(self, row: int | None) -> int | None:
@@ -48,6 +49,9 @@ class RowContext:
         return None if self.header_lines is None else row + self.header_lines
 
     def error(self, message: str, position: int | None = None, column: str | None = None) -> InputError:
+        """An :class:`InputError` (returned, not raised) about the frame row at 0-based ``position``
+        and canonical column ``column``, naming the file row, its text line and the source's
+        column name where known; None leaves that part out."""
         row = None if position is None else self.row_offset + int(position) + 1
         return InputError(self.source, message, row=row, column=None if column is None else self.column(column),
                           line=self.line_of(row))
@@ -70,6 +74,8 @@ def _first(mask: np.ndarray) -> int | None:
 
 
 def check_columns_present(columns: list[str], schema: ArtifactSchema, ctx: RowContext) -> None:
+    """Raise an :class:`InputError` naming the first of ``schema``'s required columns that is
+    not in ``columns`` (canonical names), with the columns found."""
     missing = [c for c in schema.required_names if c not in columns]
     if missing:
         found = ", ".join(map(str, columns)) or "none"
@@ -272,7 +278,7 @@ def check_text(value: object, source: str | Path | None, key: str) -> str:
     return value
 
 
-def check_choice(value: object, source: str | Path | None, key: str, choices) -> str:
+def check_choice(value: object, source: str | Path | None, key: str, choices: Collection[str]) -> str:
     """``value`` as one of the strings ``choices``, or an InputError listing them."""
     if not isinstance(value, str) or value not in choices:
         listed = ", ".join(repr(c) for c in choices)
@@ -301,7 +307,7 @@ def check_list(value: object, source: str | Path | None, key: str, *, min_length
 
 
 def check_numbers(value: object, source: str | Path | None, key: str, *, min_length: int = 0,
-                  max_length: int | None = None, increasing: bool = False, **rules) -> list:
+                  max_length: int | None = None, increasing: bool = False, **rules: Any) -> list:
     """A list of numbers, each through :func:`check_number` with ``rules`` (its key ``key[i]``);
     ``increasing``: each strictly above the one before."""
     numbers = [check_number(v, source, f"{key}[{i}]", **rules)
@@ -322,7 +328,8 @@ class Settings:
     the key by its path below ``where`` (``pool[0].instances``).
     """
 
-    def __init__(self, data: object, source: str | Path | None, where: str = "", known=None) -> None:
+    def __init__(self, data: object, source: str | Path | None, where: str = "",
+                 known: Collection[str] | None = None) -> None:
         if not isinstance(data, dict):
             raise InputError(source, f"must be a table/object (got {_kind(data)})", key=where or None)
         self.data, self.source, self.where = data, source, where
@@ -339,7 +346,7 @@ class Settings:
         """An InputError about ``name`` (None: this table as a whole)."""
         return InputError(self.source, message, key=self.path(name) if name is not None else (self.where or None))
 
-    def reject_unknown(self, known) -> None:
+    def reject_unknown(self, known: Collection[str]) -> None:
         """Refuse keys outside ``known`` (a misspelt setting is not silently a default)."""
         import difflib
 
@@ -353,7 +360,7 @@ class Settings:
         """Whether ``name`` is set (present and not null)."""
         return self.data.get(name) is not None
 
-    def _lookup(self, name: str, default) -> tuple[bool, object]:
+    def _lookup(self, name: str, default: object) -> tuple[bool, object]:
         """(found, value): the value as written, or (False, default) when absent or null and a
         default is given; a required key that is absent fails."""
         value = self.data.get(name)
@@ -363,41 +370,42 @@ class Settings:
             raise self.error(name, "missing (required)")
         return True, value
 
-    def number(self, name: str, default=_REQUIRED, **rules):
+    def number(self, name: str, default: object = _REQUIRED, **rules: Any):
         """A number through :func:`check_number` (``rules``: integer, minimum, maximum, exclusive_minimum)."""
         found, value = self._lookup(name, default)
         return check_number(value, self.source, self.path(name), **rules) if found else value
 
-    def numbers(self, name: str, default=_REQUIRED, **rules) -> list:
+    def numbers(self, name: str, default: object = _REQUIRED, **rules: Any) -> list:
         """A list of numbers (see :func:`check_numbers`)."""
         found, value = self._lookup(name, default)
         return check_numbers(value, self.source, self.path(name), **rules) if found else value
 
-    def text(self, name: str, default=_REQUIRED) -> str:
+    def text(self, name: str, default: object = _REQUIRED) -> str:
         """A non-empty string."""
         found, value = self._lookup(name, default)
         return check_text(value, self.source, self.path(name)) if found else value
 
-    def choice(self, name: str, choices, default=_REQUIRED) -> str:
+    def choice(self, name: str, choices: Collection[str], default: object = _REQUIRED) -> str:
         """One of the strings ``choices``."""
         found, value = self._lookup(name, default)
         return check_choice(value, self.source, self.path(name), choices) if found else value
 
-    def flag(self, name: str, default=_REQUIRED) -> bool:
+    def flag(self, name: str, default: object = _REQUIRED) -> bool:
         """A boolean."""
         found, value = self._lookup(name, default)
         return check_flag(value, self.source, self.path(name)) if found else value
 
-    def sequence(self, name: str, default=_REQUIRED, **bounds) -> list:
+    def sequence(self, name: str, default: object = _REQUIRED, **bounds: int | None) -> list:
         """A list of anything (``bounds``: min_length, max_length); its entries are checked by the caller."""
         found, value = self._lookup(name, default)
         return check_list(value, self.source, self.path(name), **bounds) if found else value
 
-    def table(self, name: str, default=_REQUIRED, known=None) -> "Settings":
+    def table(self, name: str, default: object = _REQUIRED, known: Collection[str] | None = None) -> "Settings":
         """A nested table as Settings (absent, with a default: the default as a table)."""
         return Settings(self._lookup(name, default)[1], self.source, self.path(name), known)
 
-    def tables(self, name: str, default=_REQUIRED, known=None, **bounds) -> list["Settings"]:
+    def tables(self, name: str, default: object = _REQUIRED, known: Collection[str] | None = None,
+               **bounds: int | None) -> list["Settings"]:
         """A list of tables (TOML ``[[name]]``, a JSON array of objects), each keyed ``name[i]``."""
         key = self.path(name)
         return [Settings(item, self.source, f"{key}[{i}]", known) for i, item in enumerate(self.sequence(name, default, **bounds))]

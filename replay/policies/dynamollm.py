@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,12 @@ from toolkit.validation import MAX_CLOCK_MHZ, MAX_TOKENS
 
 from ..config import MAX_INSTANCES, MAX_PARALLEL, ClusterConfig, PoolConfig
 from ..cost_model import InstanceCost
+
+if TYPE_CHECKING:
+    from characterize.model_io import ModelBundle
+    from toolkit.validation import Settings
+
+    from ..engine import ClusterState
 
 CLASS_NAMES = ("S", "M", "L")
 # Bounds of the [dynamollm] settings (inclusive), beside those shared with the pools (replay.config)
@@ -50,6 +57,10 @@ MAX_REACTIVE_QUEUE = 1_000_000
 
 @dataclass
 class DynamoConfig:
+    """DynamoLLM settings (the ``[dynamollm]`` table): the length-class bounds (tokens), the
+    decision period (s), utilization target, scale-out delay (s), the TPs and SM clocks to choose
+    from (None: the profiled ones), instance limits per class, reactive scale-out and re-sharding."""
+
     input_bins: tuple[float, ...] = (1024, 4096)
     output_bins: tuple[float, ...] = (128, 512)
     period_s: float = 300.0
@@ -66,7 +77,7 @@ class DynamoConfig:
     power_off_inactive: bool = True  # inactive instances' GPUs power off (the plan counts active ones only)
 
     @classmethod
-    def settings(cls, table) -> dict:
+    def settings(cls, table: Settings) -> dict:
         """The ``[dynamollm]`` table (a :class:`toolkit.validation.Settings`) checked, as keyword
         arguments of this class (lists for the tuples; absent keys take the defaults)."""
         d = cls()
@@ -98,19 +109,25 @@ class DynamoConfig:
         return {k: v for k, v in values.items() if v is not None}
 
 
-def profiled_values(bundle, key: str) -> list:
+def profiled_values(bundle: ModelBundle, key: str) -> list:
+    """The distinct values of group key ``key`` (``tp``, ``sm_clock_mhz``) in the bundle's decode
+    latency model, sorted; ``[None]`` where it is not grouped by that key."""
     model = bundle.find("latency_s", "decode")
     values = sorted({g["key"][key] for g in model.groups if key in g["key"]})
     return values or [None]
 
 
 def classify(inputs: np.ndarray, outputs: np.ndarray, cfg: DynamoConfig) -> np.ndarray:
+    """Class code per request: input bin * (output bins + 1) + output bin, where a length equal
+    to a bound falls in the bin below it."""
     i = np.searchsorted(np.asarray(cfg.input_bins), inputs, side="left")
     o = np.searchsorted(np.asarray(cfg.output_bins), outputs, side="left")
     return i * (len(cfg.output_bins) + 1) + o
 
 
 def class_name(code: int, cfg: DynamoConfig) -> str:
+    """The name of class ``code``: ``in-S/out-M`` with the default three bins per axis, digits
+    (``in-0/out-2``) otherwise."""
     n_out = len(cfg.output_bins) + 1
     names = CLASS_NAMES if len(cfg.input_bins) == 2 and n_out == 3 else [str(k) for k in range(10)]
     return f"in-{names[code // n_out]}/out-{names[code % n_out]}"
@@ -151,6 +168,9 @@ def plan_option(cost: InstanceCost, idle_w: float, rate: float, mean_in: float, 
 
 @dataclass
 class ClassPlan:
+    """One length class's plan: its code and name, the schedule of (period start s, active
+    instances, SM clock MHz or None, TP), the GPUs it holds and the pool name of each TP layout."""
+
     code: int
     name: str
     schedule: list[tuple[float, int, float | None, int]]  # (t, active instances, clock, TP)
@@ -170,11 +190,15 @@ class ClassPlan:
 
 @dataclass
 class DynamoPlan:
+    """A DynamoLLM plan: the cluster with one pool per class (standby layouts after them), the
+    classes' plans, and the settings it was made with."""
+
     config: ClusterConfig
     classes: list[ClassPlan]
     cfg: DynamoConfig
 
     def controller(self) -> "DynamoController":
+        """A fresh controller that carries out this plan during a replay."""
         return DynamoController(self)
 
 
@@ -194,7 +218,11 @@ def _rates(arrival: np.ndarray, mask: np.ndarray, period_s: float, periods: int,
     return forecast
 
 
-def plan(trace: pd.DataFrame, bundle, base: ClusterConfig, cfg: DynamoConfig) -> DynamoPlan:
+def plan(trace: pd.DataFrame, bundle: ModelBundle, base: ClusterConfig, cfg: DynamoConfig) -> DynamoPlan:
+    """Plan ``trace`` (arrival_s, input_tokens, output_tokens): classes by length, each a pool
+    modelled on ``base``'s first pool, and per class and period the TP, active instances and SM
+    clock of least energy that meet the SLOs for the forecast rate.  Raises ``ValueError`` when
+    no TP and clock meet a class's SLOs."""
     arrival = trace["arrival_s"].to_numpy(dtype=np.float64)
     inputs = trace["input_tokens"].to_numpy()
     outputs = trace["output_tokens"].to_numpy()
@@ -283,6 +311,10 @@ def _reshard_schedule(by_tp: dict, cfg: DynamoConfig) -> list[tuple[float, int, 
 
 @dataclass
 class DynamoController:
+    """A :class:`DynamoPlan` as a replay controller: it applies the planned clock, scale and
+    re-shard changes at their times, scales out between them when queues build, and counts what
+    it did."""
+
     plan: DynamoPlan
     pending: list[tuple[float, int, str, object]] = field(default_factory=list)  # (t, pool, kind, value)
     reconfigurations: int = 0
@@ -292,7 +324,7 @@ class DynamoController:
     reshards: int = 0
     next_check: float = 0.0
 
-    def _react(self, t: float, state) -> None:
+    def _react(self, t: float, state: ClusterState) -> None:
         """Queues building between decisions (forecast too low): one more instance, after warm-up."""
         cfg = self.plan.cfg
         for c_index in range(len(self.plan.classes)):
@@ -330,10 +362,13 @@ class DynamoController:
         self.pending.sort(key=lambda e: (e[0], e[1], e[2]))
 
     def next_time(self) -> float:
+        """When the controller acts next, s: the next planned change or reactive check."""
         planned = self.pending[0][0] if self.pending else math.inf
         return min(planned, self.next_check)
 
-    def act(self, t: float, state) -> None:
+    def act(self, t: float, state: ClusterState) -> None:
+        """Apply the changes due at ``t``; when a reactive check is due, scale out classes whose
+        queues build."""
         if t >= self.next_check:
             self._react(t, state)
             self.next_check = t + self.plan.cfg.reactive_check_s
@@ -362,6 +397,8 @@ class DynamoController:
             self.reconfigurations += 1
 
     def describe(self) -> dict:
+        """The settings, each class's layouts and clocks, and the counts of changes, for the
+        replay summary's ``policy`` entry."""
         return {"name": "dynamollm", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.plan.cfg).items()},
                 "classes": [{"class": c.name, "tp": c.tp, "instances": c.instances, "gpus": c.gpus,
                              "tps_used": sorted({tp for *_, tp in c.schedule}),
@@ -371,7 +408,7 @@ class DynamoController:
                 "reactive_scale_outs": self.reactive_scale_outs, "reshards": self.reshards}
 
 
-def baseline_for(plan: DynamoPlan, bundle) -> ClusterConfig:
+def baseline_for(plan: DynamoPlan, bundle: ModelBundle) -> ClusterConfig:
     """Static deployment with the same GPUs: one pool, smallest TP, highest clock, all active."""
     gpus = sum(c.gpus for c in plan.classes)
     tp = min(profiled_values(bundle, "tp") or [1]) or 1

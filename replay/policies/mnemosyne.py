@@ -9,12 +9,16 @@ the long prompt was being prefilled - what adaptive chunking protects.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import pandas as pd
 
 from ..config import ClusterConfig, PoolConfig
 from ..engine import replay
+
+if TYPE_CHECKING:
+    from characterize.model_io import ModelBundle
 
 CONFIGS = {
     "fixed chunk 8192": dict(chunk_policy="fixed", chunk_size=8192),
@@ -24,7 +28,7 @@ CONFIGS = {
 }
 
 
-def context_sweep(bundle, contexts, configs: dict | None = None, base: PoolConfig | None = None,
+def context_sweep(bundle: ModelBundle, contexts: Iterable[int], configs: dict | None = None, base: PoolConfig | None = None,
                   short_rate: float = 5.0, short_input: int = 512, short_output: int = 64,
                   long_output: int = 256) -> pd.DataFrame:
     """One row per (context, configuration).

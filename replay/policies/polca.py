@@ -12,6 +12,7 @@ same cluster without power limits, stays within bounds per priority.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable
 
 from dataclasses import asdict, dataclass, field, replace
 
@@ -21,6 +22,12 @@ from toolkit.validation import MAX_CLOCK_MHZ
 
 from ..config import ClusterConfig
 
+if TYPE_CHECKING:
+    from characterize.model_io import ModelBundle
+    from toolkit.validation import Settings
+
+    from ..engine import ClusterState, ReplayResult
+
 # Bounds of the [polca] settings (inclusive unless said)
 MAX_BUDGET_W = 1e9  # a row's budget: a gigawatt is a whole campus
 MAX_THRESHOLD = 1.5  # t1, t2, uncap: fractions of the budget; capping only past 150 % of it is a typo
@@ -29,6 +36,10 @@ MIN_CONTROL_S, MAX_CONTROL_S = 0.1, 3600.0  # the controller acts every control_
 
 @dataclass
 class PolcaConfig:
+    """POLCA settings: the row's power budget (W), the thresholds ``t1``, ``t2`` (cap low
+    priority, cap all) and ``uncap`` as fractions of it, the SM clocks (MHz) low- and
+    high-priority instances are capped to, and the control interval (s)."""
+
     budget_w: float
     t1: float = 0.85
     t2: float = 0.95
@@ -38,7 +49,7 @@ class PolcaConfig:
     control_s: float = 1.0
 
     @classmethod
-    def settings(cls, table) -> dict:
+    def settings(cls, table: Settings) -> dict:
         """The ``[polca]`` table (a :class:`toolkit.validation.Settings`) checked, as keyword
         arguments of this class, absent keys filled with the defaults (``budget_w`` left out when
         absent: the search derives it from the servers' full-load power).
@@ -68,6 +79,10 @@ class PolcaConfig:
 
 @dataclass
 class PolcaController:
+    """The POLCA policy as a replay controller: every ``control_s`` it reads the row's power and
+    moves between capping levels (0 none, 1 low priority, 2 all); ``describe`` reports the capping
+    episodes, the peak row power (W) and the seconds over budget."""
+
     config: PolcaConfig
     level: int = 0
     t_next: float = 0.0
@@ -77,6 +92,7 @@ class PolcaController:
     over_budget_s: float = 0.0
 
     def next_time(self) -> float:
+        """When the controller acts next, s since the trace start."""
         return self.t_next
 
     def _decide(self, power: float) -> int:
@@ -89,7 +105,8 @@ class PolcaController:
             return 0
         return self.level  # between uncap and t1: hold (hysteresis)
 
-    def act(self, t: float, state) -> None:
+    def act(self, t: float, state: ClusterState) -> None:
+        """Read the row power over the last ``control_s`` at ``t`` and cap or uncap clocks."""
         cfg = self.config
         power = state.row_power(t, cfg.control_s)
         self.peak_row_w = max(self.peak_row_w, power)
@@ -100,7 +117,7 @@ class PolcaController:
             self._apply(t, state, level)
         self.t_next = t + cfg.control_s
 
-    def skip_idle(self, t: float, until: float, state) -> None:
+    def skip_idle(self, t: float, until: float, state: ClusterState) -> None:
         """Nothing runs before ``until``: once the meter's window holds only idle draw, every act
         would read the same power and keep the same level, so the acts up to ``until`` are taken at
         once (their over-budget seconds counted) rather than one per ``control_s`` across an idle day."""
@@ -115,7 +132,7 @@ class PolcaController:
             self.over_budget_s += steps * cfg.control_s
         self.t_next = t + steps * cfg.control_s
 
-    def _apply(self, t: float, state, level: int) -> None:
+    def _apply(self, t: float, state: ClusterState, level: int) -> None:
         cfg = self.config
         for inst in state.instances:
             low = inst.pool.priority == "low"
@@ -136,6 +153,7 @@ class PolcaController:
         self.level = level
 
     def describe(self) -> dict:
+        """The settings and what the policy did, for the replay summary's ``policy`` entry."""
         episodes = self.episodes + ([self._open] if self._open else [])
         durations = {1: 0.0, 2: 0.0}
         for e in episodes:
@@ -147,6 +165,8 @@ class PolcaController:
 
 
 def latency_by_priority(requests: pd.DataFrame) -> pd.DataFrame:
+    """Median and p99 TTFT and E2E latency (s) of the finished requests per priority (``none``
+    for requests without one), from a replay's per-request frame."""
     done = requests[~requests["dropped"]]
     return done.groupby(done["priority"].fillna("none")).agg(
         ttft_p50_s=("ttft_s", "median"), ttft_p99_s=("ttft_s", lambda x: x.quantile(0.99)),
@@ -165,8 +185,9 @@ def scaled_cluster(config: ClusterConfig, extra: int) -> ClusterConfig:
     return replace(config, pools=pools)
 
 
-def oversubscription_search(trace: pd.DataFrame, bundle, config: ClusterConfig, polca: PolcaConfig | None,
-                            max_extra: int, bound_high: float = 0.05, bound_low: float = 0.50, runner=None,
+def oversubscription_search(trace: pd.DataFrame, bundle: ModelBundle, config: ClusterConfig, polca: PolcaConfig | None,
+                            max_extra: int, bound_high: float = 0.05, bound_low: float = 0.50,
+                            runner: Callable[..., ReplayResult] | None = None,
                             max_over_budget_fraction: float = 0.005) -> dict:
     """Largest number of added servers whose p99 E2E impact stays within the bounds per priority.
 
@@ -175,6 +196,9 @@ def oversubscription_search(trace: pd.DataFrame, bundle, config: ClusterConfig, 
     the same servers and load without a power limit.  Capping lowers dynamic power only, so a
     point is also rejected when row power stays over budget for more than
     ``max_over_budget_fraction`` of the time (1-s meter intervals).
+
+    ``runner`` replays (default :func:`replay.engine.replay`, whose arguments it takes).  Returns
+    the ``budget_w``, the original ``servers``, ``best_servers_added`` and the per-point ``table``.
     """
     from ..engine import replay
 

@@ -112,7 +112,7 @@ def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool) -> 
 @click.option("--burst-mean", "burst_mean_s", type=float, help="Mean burst length, s.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def synth(preset: str, start_hour: float | None, output: Path, **overrides) -> None:
+def synth(preset: str, start_hour: float | None, output: Path, **overrides: float | int | None) -> None:
     """Generate a production-like trace (diurnal, bursty, lognormal lengths), seedable."""
     from .formats import write_trace
     from .stats import format_summary, summarize_trace

@@ -65,6 +65,9 @@ CSV_OPTIONS = dict(dtype=str, keep_default_na=False, na_values=[""], skipinitial
 
 @dataclass(frozen=True)
 class TraceFormat:
+    """A request-trace layout: the source's names for the arrival, input-token and output-token
+    columns, and whether arrivals are wall-clock timestamps or seconds."""
+
     name: str
     arrival: str
     input: str
@@ -73,6 +76,7 @@ class TraceFormat:
 
     @property
     def columns(self) -> tuple[str, str, str]:
+        """The source's (arrival, input tokens, output tokens) column names."""
         return (self.arrival, self.input, self.output)
 
     @property
@@ -81,6 +85,7 @@ class TraceFormat:
         return not self.wall_clock and self.name != "wattlas"
 
     def source_columns(self) -> dict[str, str]:
+        """Canonical column name -> the source's name for it, for error messages."""
         return {"arrival_s": self.arrival, "input_tokens": self.input, "output_tokens": self.output}
 
 
@@ -288,6 +293,8 @@ def malformed_error(path: Path, exc: Exception | None, open_text: TextOpener, co
 
 @dataclass(frozen=True)
 class CsvHeader:
+    """The header record of a CSV trace: its column names and the text lines (1-based) it spans."""
+
     names: list[str]  # stripped column names
     start: int  # first and last text line of the header record
     end: int

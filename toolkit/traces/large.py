@@ -15,6 +15,7 @@ dask copies that line to the head of every block.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ from .formats import (
     to_trace_table, trace_origin,
 )
 from .stats import TracePartial, partial_of_table
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 _EXTRA_FIELDS = "extra fields"  # a block whose rows are longer than the header (pandas took an index)
 
@@ -56,8 +60,12 @@ def _raise_stream_error(path: Path, fmt: str) -> None:
         pass
 
 
-def summarize_csv_chunked(path: str | Path, fmt: str = "auto", blocksize: str | int = "64MB", client=None) -> TracePartial:
-    """Merged partial of a CSV trace of any size, computed block by block with dask."""
+def summarize_csv_chunked(path: str | Path, fmt: str = "auto", blocksize: str | int = "64MB",
+                          client: Client | None = None) -> TracePartial:
+    """Merged partial of a CSV trace of any size, computed block by block with dask.
+
+    ``client``: a dask.distributed client to run the blocks on (None: dask's local scheduler).
+    """
     import dask
     import dask.dataframe as dd
 

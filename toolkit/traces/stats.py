@@ -27,12 +27,14 @@ class Moments:
 
     @classmethod
     def of(cls, values: np.ndarray) -> "Moments":
+        """The moments of ``values`` (empty: n = 0)."""
         if values.size == 0:
             return cls()
         mean = float(values.mean())
         return cls(int(values.size), mean, float(((values - mean) ** 2).sum()))
 
     def merge(self, other: "Moments") -> "Moments":
+        """The moments of both samples together (order does not matter)."""
         if other.n == 0:
             return self
         if self.n == 0:
@@ -43,6 +45,7 @@ class Moments:
 
     @property
     def std(self) -> float:
+        """Sample standard deviation (n - 1 denominator); NaN below two values."""
         return float(np.sqrt(self.m2 / (self.n - 1))) if self.n > 1 else float("nan")
 
 
@@ -72,6 +75,9 @@ def quantile_from_counts(counts: pd.Series, q: float) -> float:
 
 @dataclass
 class TracePartial:
+    """Mergeable summary of a contiguous run of requests: count, first and last arrival (s),
+    inter-arrival moments and counts (microseconds), requests per second and token counts."""
+
     n: int = 0
     first_s: float = float("nan")
     last_s: float = float("nan")
@@ -85,6 +91,7 @@ class TracePartial:
 
     @classmethod
     def of(cls, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> "TracePartial":
+        """The partial of one block of requests, arrivals in seconds and in order."""
         arrival_s = np.asarray(arrival_s, dtype="float64")
         if arrival_s.size == 0:
             return cls()
@@ -168,6 +175,8 @@ def finalize(partial: TracePartial) -> dict:
 
 
 def partial_of_table(table: pa.Table) -> TracePartial:
+    """The :class:`TracePartial` of a canonical trace table (``arrival_s``, ``input_tokens``,
+    ``output_tokens``)."""
     return TracePartial.of(
         table.column("arrival_s").to_numpy(),
         table.column("input_tokens").to_numpy(),

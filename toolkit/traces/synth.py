@@ -31,6 +31,10 @@ from ..schemas import REQUEST_TRACE
 
 @dataclass(frozen=True)
 class SynthSpec:
+    """Parameters of a synthetic trace (see the module docstring): length and diurnal rate
+    (seconds, requests/s), lognormal token lengths (median, log-space sigma, clip bounds), the
+    share of high-priority requests, burst and idle modulation, and the seed."""
+
     duration_s: float = 3600.0
     mean_rate: float = 5.5
     cv: float = 1.1
@@ -56,6 +60,7 @@ class SynthSpec:
     seed: int = 0
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first parameter out of range."""
         checks = [
             (self.duration_s > 0, "duration must be > 0"),
             (self.mean_rate > 0, "rate must be > 0"),
@@ -160,6 +165,8 @@ def modulated_intensity(grid: np.ndarray, spec: SynthSpec, switches: np.ndarray,
 
 
 def arrival_times(spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times of ``spec``'s requests, seconds since the trace start, increasing and at
+    most ``spec.duration_s``; the gamma gaps are drawn from ``rng``."""
     switches, levels = _product(modulation(spec), idle_modulation(spec))
     # A grid fine enough for the diurnal shape that contains every burst switch (constant between).
     grid = np.union1d(np.linspace(0.0, spec.duration_s, max(2, int(spec.duration_s / 10) + 2)),
@@ -210,7 +217,9 @@ def synthesize(spec: SynthSpec, label: str = "custom") -> pa.Table:
     return pa.Table.from_pandas(frame, schema=REQUEST_TRACE.arrow(list(frame.columns), meta), preserve_index=False)
 
 
-def spec_for(preset: str, **overrides) -> SynthSpec:
+def spec_for(preset: str, **overrides: float | int | None) -> SynthSpec:
+    """The spec of ``preset`` with the given :class:`SynthSpec` fields replaced (None: keep the
+    preset's value).  Raises ``ValueError`` for an unknown preset."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
     return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
