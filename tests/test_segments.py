@@ -70,15 +70,17 @@ def _start_collector(out, flush="0.2"):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_rows(out, rows, timeout=120):  # a bound for a slow machine, not a speed check
+def _wait_for_rows(proc, out, rows, timeout=120):  # a bound for a slow machine, not a speed check
     from toolkit.schemas import TELEMETRY_SAMPLES
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:  # it died: say why, rather than wait
+            raise AssertionError(f"collector exited {proc.returncode}: {proc.stderr.read()}")
         if list(out.glob("telemetry-*")) and read_segments(out, "telemetry", TELEMETRY_SAMPLES.arrow()).num_rows >= rows:
             return
         time.sleep(0.1)
-    raise AssertionError("collector wrote nothing")
+    raise AssertionError(f"collector wrote fewer than {rows} rows in {timeout} s")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -90,7 +92,7 @@ def test_signal_mid_collection_keeps_everything_durable(tmp_path, sig):
     out = tmp_path / "out"
     proc = _start_collector(out)
     try:
-        _wait_for_rows(out, 20)
+        _wait_for_rows(proc, out, 20)
         durable = read_segments(out, "telemetry", TELEMETRY_SAMPLES.arrow()).to_pandas()
         killed_at = time.monotonic()  # CLOCK_MONOTONIC is one clock for every process on the host
         proc.send_signal(sig)
