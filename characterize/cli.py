@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -12,7 +13,7 @@ from toolkit.errors import InputError
 from toolkit.validation import MAX_CLOCK_MHZ, MAX_TOKENS, check_number
 
 FORMATS = click.Choice(["auto", "wattlas", "vidur-mlp", "vidur-attention", "splitwise", "mlenergy", "mlenergy-v2",
-                        "mlenergy-v1"])
+                        "mlenergy-v1", "vllm-bench", "power-vs-load"])
 
 
 def _load_all(paths, fmt: str, where: tuple[str, ...]) -> pd.DataFrame:
@@ -55,9 +56,10 @@ def characterize() -> None:
 @click.option("--where", multiple=True, help="Keep rows with COLUMN=VALUE (e.g. gpu_name=H100); repeatable.")
 @click.option("--phase", "phases", multiple=True, help="Only these phases.")
 @click.option("--trees", "tree_estimators", type=int, default=300, show_default=True, help="Boosting rounds of the tree rival.")
-def fit(inputs, output: Path, fmt: str, where, phases, tree_estimators: int) -> None:
+def fit(inputs: tuple[Path, ...], output: Path, fmt: str, where: tuple[str, ...], phases: tuple[str, ...],
+        tree_estimators: int) -> None:
     """Fit latency and power models per phase, select by held-out MAPE, save JSON."""
-    from .fitting import fit_bundle
+    from .fitting import MIN_ROWS, fit_bundle
 
     frame = _load_all(inputs, fmt, where)
     simulated = bool(frame["backend"].astype(str).str.startswith("sim").any())
@@ -65,6 +67,12 @@ def fit(inputs, output: Path, fmt: str, where, phases, tree_estimators: int) -> 
                 "simulated": simulated, "gpu_name": sorted(frame["gpu_name"].dropna().astype(str).unique().tolist()),
                 "model": sorted(frame["model"].dropna().astype(str).unique().tolist())}
     bundle = fit_bundle(frame, metadata, list(phases) or None, tree_estimators, progress=lambda m: click.echo(m, err=True))
+    for reason in bundle.metadata.get("skipped", []):
+        click.echo(f"warning: {reason}", err=True)
+    if not bundle.models:  # an empty bundle would only fail later, in predict or replay
+        raise InputError(inputs[0] if len(inputs) == 1 else ", ".join(map(str, inputs)),
+                         f"no model could be fitted ({len(frame)} rows; each model needs {MIN_ROWS}): "
+                         + "; ".join(bundle.metadata.get("skipped", [])))
     bundle.save(output)
     click.echo(_format_validation(bundle))
     click.echo(f"wrote {output}")
@@ -146,10 +154,11 @@ class Number(click.ParamType):
 
     name = "number"
 
-    def __init__(self, **rules) -> None:
+    def __init__(self, **rules: Any) -> None:
         self.rules = rules
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float | int:
+        """``value`` as a number within this type's rules; anything else fails as a usage error."""
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -174,7 +183,8 @@ CLOCK = Number(minimum=0, exclusive_minimum=True, maximum=MAX_CLOCK_MHZ)
 @click.option("--tp", type=click.IntRange(1), default=None)
 @click.option("--freq", "sm_clock_mhz", type=CLOCK, default=None)
 @click.option("--model", "model_name", default=None, help="Model name, for a bundle fitted on several.")
-def predict(bundle_path: Path, phase: str, tp, sm_clock_mhz, model_name, **point) -> None:
+def predict(bundle_path: Path, phase: str, tp: int | None, sm_clock_mhz: float | None, model_name: str | None,
+            **point: int) -> None:
     """Predict latency (with 95% CI where the model has one), power and energy of one iteration."""
     from .model_io import ModelBundle
 
@@ -225,7 +235,7 @@ def predict(bundle_path: Path, phase: str, tp, sm_clock_mhz, model_name, **point
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True)
 @click.option("--where", multiple=True)
-def validate(bundle_path: Path, inputs, fmt: str, where) -> None:
+def validate(bundle_path: Path, inputs: tuple[Path, ...], fmt: str, where: tuple[str, ...]) -> None:
     """MAPE of a saved bundle on other measurements, per phase and target."""
     from .metrics import mape
     from .model_io import ModelBundle
@@ -251,7 +261,8 @@ def validate(bundle_path: Path, inputs, fmt: str, where) -> None:
 @click.option("--tp", type=click.IntRange(1), default=None)
 @click.option("--freq", "sm_clock_mhz", type=CLOCK, default=None)
 @click.option("--json", "as_json", is_flag=True)
-def chunks(bundle_path: Path, tbt_slo: float, batch_size: int, kv_tokens: int, max_prefix: int, tp, sm_clock_mhz, as_json) -> None:
+def chunks(bundle_path: Path, tbt_slo: float, batch_size: int, kv_tokens: int, max_prefix: int, tp: int | None,
+           sm_clock_mhz: float | None, as_json: bool) -> None:
     """Mnemosyne adaptive chunk sizes: the largest chunk per KV prefix within the TBT SLO."""
     from .chunking import adaptive_chunks
     from .model_io import ModelBundle

@@ -120,6 +120,7 @@ def fit_bundle(frame: pd.DataFrame, metadata: dict | None = None, phases: list[s
                tree_estimators: int = 300, progress: Callable[[str], None] | None = None) -> ModelBundle:
     """Latency (and, where measured, power) models for every phase in ``frame``."""
     bundle = ModelBundle(metadata=dict(metadata or {}))
+    skipped = []  # what could not be fitted, and why, for the user (metadata "skipped")
     for phase in phases or sorted(frame["phase"].dropna().unique()):
         rows = frame[frame["phase"] == phase]
         if progress:
@@ -129,10 +130,16 @@ def fit_bundle(frame: pd.DataFrame, metadata: dict | None = None, phases: list[s
             model, report = select_latency_model(latency_rows, phase, latency_candidates(phase, tree_estimators))
             bundle.models.append(model)
             bundle.validation[f"latency_s/{phase}"] = report
+        else:
+            skipped.append(f"latency_s/{phase}: {len(latency_rows)} rows with a positive latency (a model needs {MIN_ROWS})")
         power_rows = rows[rows["mean_power_w"].notna() & (rows["mean_power_w"] > 0)] if "mean_power_w" in rows else rows.iloc[:0]
-        if len(power_rows) >= MIN_ROWS:
+        if len(power_rows) < MIN_ROWS:
+            skipped.append(f"mean_power_w/{phase}: {len(power_rows)} rows with a measured power (a model needs {MIN_ROWS})")
+        else:
             make = lambda df, phase=phase: PowerModel.fit(df, "mean_power_w", phase, "load_tokens")
             bundle.models.append(make(power_rows))
             bundle.validation[f"mean_power_w/{phase}"] = {"physical": {"cv_mape": cv_mape(power_rows, make, "mean_power_w")},
                                                           "selected": "physical"}
+    if skipped:
+        bundle.metadata["skipped"] = skipped
     return bundle

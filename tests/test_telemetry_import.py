@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from characterize.model_io import ModelBundle
 from collectors.telemetry.importers import read_nvidia_smi
 from collectors.telemetry.summary import load_telemetry, summarize_telemetry
 from toolkit.errors import InputError
@@ -121,6 +122,29 @@ def test_vllm_load_beside_telemetry_gives_a_power_vs_load_table_that_fits(run_cl
     table = pd.read_csv(out / "power_vs_load.csv")
     assert table["batch_size"].tolist() == [3.0, 6.0, 12.0]  # mean running requests of each interval
     assert table["mean_power_w"].tolist() == [200.0, 200.0, 200.0] and table["gpus"].tolist() == [2, 2, 2]
+    # three intervals are too few for a model: fit says so in one line instead of writing an empty bundle
+    refused = run_cli("characterize", "fit", out / "power_vs_load.csv", "-o", tmp_path / "m.json")
+    assert refused.exit_code != 0 and "no model could be fitted" in refused.output
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_longer_power_vs_load_table_fits_a_power_model(run_cli, tmp_path):
+    running = [1, 2, 4, 8, 16, 32, 64, 32, 16, 8, 4, 2, 1, 2, 4, 8]
+    lines = []
+    for i, n in enumerate(running):  # power per GPU saturating in the running requests, as a GPU's does
+        lines.append(f"# TIMESTAMP {1715500000 + i}.0")
+        watts = 100 + 400 * (1 - 2.718 ** (-n / 8))
+        lines.append(f"DCGM_FI_DEV_POWER_USAGE{{{DCGM_LABELS.format(g=0)}}} {watts:.3f}")
+    (tmp_path / "dcgm.prom").write_text("\n".join(lines) + "\n")
+    (tmp_path / "vllm.prom").write_text(vllm_scrapes(running))
+    out = tmp_path / "out"
+    assert run_cli("collect", "import", "--format", "dcgm", tmp_path / "dcgm.prom", "-o", out).exit_code == 0
+    assert run_cli("collect", "import", "--format", "vllm-metrics", tmp_path / "vllm.prom", "--host", "h1",
+                   "-o", out).exit_code == 0
+    result = run_cli("characterize", "fit", out / "power_vs_load.csv", "-o", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    bundle = ModelBundle.load(tmp_path / "m.json")
+    assert bundle.find("mean_power_w", "serving") is not None and bundle.find("latency_s", "serving") is None
 
 
 @pytest.mark.parametrize("content, message", [
