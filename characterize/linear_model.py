@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import stats
 
+from .metrics import t_quantile
 from .model_io import plain_scalar, read_coefficients, read_group, read_group_keys, read_matrix, read_terms
 from .terms import design_matrix, parse_term
 
@@ -56,6 +55,8 @@ def wls_fit(X: np.ndarray, y: np.ndarray, weighting: str = "relative"
     if len(used) == 0 or len(y) <= len(used):
         return None
     weights = 1.0 / np.maximum(y, 1e-12) ** 2 if weighting == "relative" else np.ones_like(y)
+    import statsmodels.api as sm  # here, not at import: it costs ~0.8 s that predict never needs
+
     result = sm.WLS(y, X[:, used], weights=weights).fit()
     coef = np.zeros(X.shape[1])
     coef[used] = result.params
@@ -182,7 +183,7 @@ class TermsModel:
                 cov = np.asarray(g["cov"])
                 var += w**2 * np.einsum("ij,jk,ik->i", X_all[idx], cov, X_all[idx])
                 dof = min(dof, g["df_resid"])
-            half[idx] = stats.t.ppf(0.5 + level / 2, dof) * np.sqrt(np.maximum(var, 0))
+            half[idx] = t_quantile(0.5 + level / 2, dof) * np.sqrt(np.maximum(var, 0))
         return mean - half, mean + half
 
     # ------------------------------------------------------------------ JSON

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
 
 from toolkit.validation import MAX_CLOCK_MHZ, check_text, check_number
 
@@ -90,6 +89,8 @@ class PowerModel:
                 model.skipped.append({k: plain_scalar(v) for k, v in zip(keys, key)})
                 continue
             start = np.array([max(1.0, y.min() * 0.8), max(1.0, y.max() - y.min()), max(1.0, np.median(load)), 0.6])
+            from scipy.optimize import least_squares  # fitting only; loading a bundle needs no scipy
+
             fit = least_squares(lambda q: (power_curve(q, load, f_rel) - y) / y, start,
                                 bounds=([0, 0, 1e-6, 0.2], [np.inf, np.inf, np.inf, 1.0]))
             model.groups.append({"key": {k: plain_scalar(v) for k, v in zip(keys, key)}, "params": fit.x.tolist(),

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from .metrics import t_quantile
 from .linear_model import TermsModel, group_keys_of, wls_fit
 from .model_io import plain_scalar, read_coefficients, read_matrix, read_terms
 from .terms import design_matrix, parse_term
@@ -129,7 +129,7 @@ class RooflineModel(TermsModel):
                 if memory is not None:
                     var += w**2 * np.einsum("ij,jk,ik->i", M, np.asarray(g["memory_cov"]), M) * on_memory
                 dof = min(dof, g["df_resid"])
-            half[idx] = stats.t.ppf(0.5 + level / 2, max(dof, 1.0)) * np.sqrt(np.maximum(var, 0))
+            half[idx] = t_quantile(0.5 + level / 2, max(dof, 1.0)) * np.sqrt(np.maximum(var, 0))
         return mean - half, mean + half
 
     # ------------------------------------------------------------------ JSON

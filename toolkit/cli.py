@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
 
 import click
 
-from . import __version__
 from .errors import WattlasError
+
+# Sub-command groups: (module, attribute, one-line help).  They are imported only when invoked, so
+# `wattlas --version` and `--help` start without pandas, pyarrow or scikit-learn.
+COMMANDS = {
+    "trace": ("toolkit.traces.cli", "trace", "Request traces: statistics, conversion, synthesis."),
+    "collect": ("collectors.cli", "collect", "Sample GPU telemetry (NVML or the simulated device) and profile workloads."),
+    "characterize": ("characterize.cli", "characterize", "Fit, inspect and query latency/power models."),
+    "replay": ("replay.cli", "replay", "Replay request traces through a simulated cluster."),
+    "report": ("reports.cli", "report", "Self-contained HTML reports."),
+    "demo": ("toolkit.demo", "demo", "Run the pipeline end to end on the simulated device and the shipped sample traces."),
+}
 
 
 class WattlasGroup(click.Group):
-    """Turns wattlas errors into one-line messages and a non-zero exit, without tracebacks."""
+    """Turns wattlas errors into one-line messages and a non-zero exit, without tracebacks; loads
+    each sub-command group on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every sub-command, loaded or not."""
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """The sub-command ``name``, importing its module now if it is not loaded yet."""
+        if name not in self.commands and name in COMMANDS:
+            module, attribute, _ = COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help`` from the stored one-line helps, without importing anything."""
+        rows = [(name, COMMANDS[name][2] if name in COMMANDS else self.commands[name].get_short_help_str())
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the sub-command; a :class:`WattlasError`, ``OSError`` or unanticipated failure
@@ -40,26 +70,19 @@ class WattlasGroup(click.Group):
                 "please report it)") from exc
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from . import __version__
+
+        click.echo(f"wattlas, version {__version__}")
+        ctx.exit()
+
+
 @click.group(cls=WattlasGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="wattlas")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 def cli() -> None:
     """Telemetry analytics and trace replay for LLM inference power and energy."""
-
-
-def _register() -> None:
-    from collectors.cli import collect
-    from characterize.cli import characterize
-    from replay.cli import replay
-    from reports.cli import report
-
-    from .demo import demo
-    from .traces.cli import trace
-
-    for command in (trace, collect, characterize, replay, report, demo):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:
