@@ -82,11 +82,34 @@ def _build_sampler(backend, sim_gpus, seed, period_s, flush_s, out_dir, gpus, **
 
 
 def _print_summary(out_dir: Path) -> None:
-    from .telemetry.summary import format_summary, load_telemetry, summarize_telemetry
+    """Per GPU and per phase, what the directory now holds, and a closing line saying where it is."""
+    from .telemetry.summary import format_summary, format_windows, load_telemetry, load_windows, summarize_telemetry, \
+        summarize_windows
 
     telemetry = load_telemetry(out_dir)
     if len(telemetry):
         click.echo(format_summary(summarize_telemetry(telemetry)))
+    windows = load_windows(out_dir)
+    if len(windows):
+        click.echo(format_windows(summarize_windows(windows), simulated=bool((windows["backend"] == "sim").any())))
+    gpus = telemetry["gpu_index"].nunique() if len(telemetry) else 0
+    click.echo(f"wrote {len(telemetry):,} telemetry rows of {gpus} GPU(s) and {len(windows):,} window rows to {out_dir}",
+               err=True)
+
+
+def _wait_with_progress(seconds: float, desc: str) -> None:
+    """Sleep ``seconds``, with a progress bar on a terminal (silent in pipes and logs)."""
+    if not sys.stderr.isatty() or seconds < 2:
+        time.sleep(seconds)
+        return
+    from tqdm import tqdm
+
+    step = max(0.1, seconds / 200)
+    with tqdm(total=round(seconds, 1), desc=desc, unit="s", leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s") as bar:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+            bar.update(round(min(step, left), 3))
 
 
 @click.group()
@@ -104,7 +127,7 @@ def sample(duration: str, **opts) -> None:
     with sigterm_as_interrupt():
         sampler.start()
         try:
-            time.sleep(seconds)
+            _wait_with_progress(seconds, f"sampling {opts['out_dir']}")
         except KeyboardInterrupt:
             click.echo("interrupted: flushing what was collected", err=True)
         finally:
@@ -239,8 +262,9 @@ def import_(files: tuple[Path, ...], fmt: str, host: str | None, out_dir: Path) 
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def summary(directory: Path, as_json: bool) -> None:
-    """Per-GPU energy (with method), power and capping of a collection directory."""
-    from .telemetry.summary import format_summary, load_telemetry, summarize_telemetry
+    """Per-GPU energy (with method), power and capping of a collection directory, and per-phase window energy."""
+    from .telemetry.summary import format_summary, format_windows, load_telemetry, load_windows, summarize_telemetry, \
+        summarize_windows
 
     if not directory.is_dir():
         raise InputError(directory, "no such collection directory")
@@ -248,7 +272,17 @@ def summary(directory: Path, as_json: bool) -> None:
     if telemetry.empty:
         raise InputError(directory, "holds no telemetry segments")
     result = summarize_telemetry(telemetry)
-    click.echo(result.to_json(orient="records", indent=2) if as_json else format_summary(result))
+    windows = load_windows(directory)
+    phases = summarize_windows(windows) if len(windows) else None
+    if as_json:  # strict JSON: null, never NaN
+        from toolkit.jsonio import dump_json
+
+        click.echo(dump_json({"gpus": result.to_dict(orient="records"),
+                              "phases": phases.to_dict(orient="records") if phases is not None else []}))
+        return
+    click.echo(format_summary(result))
+    if phases is not None:
+        click.echo(format_windows(phases, simulated=bool((windows["backend"] == "sim").any())))
 
 
 @collect.command()

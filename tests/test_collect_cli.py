@@ -1,6 +1,8 @@
 import json
 import sys
 
+import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.telemetry.prometheus import format_textfile
@@ -15,8 +17,9 @@ def test_collect_sample_sim_is_labelled_simulated(run_cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.count("[SIMULATED]") == 2
     summary = json.loads(run_cli("collect", "summary", "--json", out).output)
-    assert [r["backend"] for r in summary] == ["sim", "sim"]
-    assert all(r["energy_method"] == "counter" and r["energy_j"] > 0 for r in summary)
+    assert [r["backend"] for r in summary["gpus"]] == ["sim", "sim"] and summary["phases"] == []
+    assert all(r["energy_method"] == "counter" and r["energy_j"] > 0 for r in summary["gpus"])
+    assert f"to {out}" in result.output.strip().splitlines()[-1]  # the closing line says where it wrote
 
 
 def test_collect_run_measures_marked_phases(run_cli, tmp_path):
@@ -38,6 +41,10 @@ def test_collect_run_measures_marked_phases(run_cli, tmp_path):
     assert json.loads(frame.loc["decode", "attrs_json"]) == {"batch": 16}
     assert (frame["energy_method"] == "counter").all()
     assert frame.loc["command", "energy_j"] > frame.loc["prefill", "energy_j"]
+    assert "phase prefill [SIMULATED]: 1 window(s)" in result.output  # per-phase energy, printed
+    phases = {p["window"]: p for p in json.loads(run_cli("collect", "summary", "--json", out).output)["phases"]}
+    assert phases["prefill"]["energy_j"] == pytest.approx(frame.loc["prefill", "energy_j"])
+    assert phases["decode"]["windows"] == 1 and phases["decode"]["energy_method"] == "counter"
 
 
 def test_collect_run_missing_command_is_clean_error(run_cli, tmp_path):

@@ -154,6 +154,40 @@ def summarize_telemetry(table) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def summarize_windows(windows: pd.DataFrame) -> pd.DataFrame:
+    """One row per phase (window name): windows, total time, energy over every GPU and how it was
+    measured; energy is null when any window's energy on any GPU is unknown (a partial sum would
+    read as the phase's energy)."""
+    rows = []
+    for name, g in windows.groupby("window", sort=False):
+        per_window = g.groupby(["run_id", "start_wall_s"])
+        energy = g["energy_j"]
+        methods = sorted(g["energy_method"].dropna().unique())
+        rows.append({
+            "window": name, "windows": int(per_window.ngroups), "gpus": int(g["gpu_index"].nunique()),
+            "duration_s": float(per_window["duration_s"].first().sum()),
+            "energy_j": float(energy.sum()) if energy.notna().all() else None,
+            "energy_method": "+".join(methods) if methods else None,
+            "unknown_gpu_windows": int(energy.isna().sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def format_windows(phases: pd.DataFrame, simulated: bool = False) -> str:
+    """One line per phase for a person: windows, time, energy and method."""
+    label = " [SIMULATED]" if simulated else ""
+    lines = []
+    for row in phases.itertuples():
+        if row.energy_j is None or pd.isna(row.energy_j):
+            energy = f"energy unknown ({row.unknown_gpu_windows} GPU-window(s) unmeasured)"
+        else:
+            energy = f"{row.energy_j:,.1f} J ({row.energy_method}), mean {row.energy_j / row.duration_s:,.1f} W" \
+                if row.duration_s > 0 else f"{row.energy_j:,.1f} J ({row.energy_method})"
+        lines.append(f"phase {row.window}{label}: {row.windows} window(s), {row.duration_s:,.2f} s on {row.gpus} GPU(s), "
+                     f"{energy}")
+    return "\n".join(lines)
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """One line per GPU for a person: samples, energy with its method and measured time, power, status."""
     lines = []
