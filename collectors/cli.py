@@ -290,18 +290,20 @@ def summary(directory: Path, as_json: bool) -> None:
               help="nvml: real GPUs; sim: the simulated device (labelled simulated).")
 @click.option("--counter-poll", "counter_poll_s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Seconds to watch each GPU's energy counter.")
+@click.option("--gpus", default=None, help="Only these GPUs: indices or UUIDs, comma-separated (as for sample).")
+@click.option("--sim-gpus", type=click.IntRange(1, 1024), default=1, show_default=True, help="GPUs of the simulated device.")
 @click.option("--json", "as_json", is_flag=True)
-def probe(backend, counter_poll_s, as_json) -> None:
+def probe(backend, counter_poll_s, gpus, sim_gpus, as_json) -> None:
     """What each GPU supports: missing metrics, energy-counter update period, power-limit and clock ranges."""
-    import json
+    from toolkit.jsonio import dump_json
 
     from .telemetry.probe import format_probe, probe_gpus
 
     try:
-        rows = probe_gpus(make_source(backend), counter_poll_s)
+        rows = probe_gpus(make_source(backend, sim_gpus), counter_poll_s, gpus)
     except RuntimeError as exc:  # NVML unavailable: say so in one line
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps(rows, indent=2) if as_json else format_probe(rows))
+    click.echo(dump_json(rows) if as_json else format_probe(rows))
 
 
 @collect.command()

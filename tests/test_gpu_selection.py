@@ -76,3 +76,13 @@ def test_begin_and_end_window_return_a_measurement(tmp_path):
     assert measurement.total_energy_j == pytest.approx(800.0, rel=1e-3)
     with pytest.raises(ValueError, match="no open window"):
         sampler.end_window("prefill")
+
+
+def test_collect_probe_keeps_exactly_the_selected_gpus(run_cli, monkeypatch):
+    import json
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("collectors.telemetry.probe.counter_update_period", lambda read, seconds: 0.001)
+    result = run_cli("collect", "probe", "--backend", "sim", "--sim-gpus", "3", "--gpus", "0,2", "--json")
+    assert result.exit_code == 0, result.output
+    assert [row["gpu_index"] for row in json.loads(result.output)] == [0, 2]

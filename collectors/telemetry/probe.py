@@ -6,10 +6,14 @@ from __future__ import annotations
 from .counter_probe import counter_update_period, window_for_counter
 
 
-def probe_gpus(source, counter_poll_s: float = 1.0) -> list[dict]:
-    """One dict per GPU; ``source`` is an unopened telemetry source (it is opened and closed here)."""
+def probe_gpus(source, counter_poll_s: float = 1.0, gpus: str | None = None) -> list[dict]:
+    """One dict per GPU (``gpus``: the --gpus selection); ``source`` is an unopened telemetry source
+    (it is opened and closed here)."""
+    from .gpu_selection import select_gpus
+
     infos = source.open()
     try:
+        infos = select_gpus(infos, gpus)
         rows = []
         for info in infos:
             step = counter_update_period(lambda index=info.index: source.read_energy_power(index)[0], counter_poll_s)
