@@ -60,3 +60,15 @@ def one_error_line(result, *fragments: str) -> str:
         assert fragment in errors[0], (fragment, errors[0])
     assert "np.float64" not in errors[0]
     return errors[0]
+
+
+def document_paths(data, prefix=()) -> list[tuple[tuple, object]]:
+    """Every (path, value) of a parsed TOML or JSON document: tables, lists and leaves."""
+    out = [(prefix, data)] if prefix else []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out += document_paths(v, prefix + (k,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            out += document_paths(v, prefix + (i,))
+    return out

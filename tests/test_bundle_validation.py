@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from characterize.model_io import ModelBundle
 from toolkit.errors import InputError, WattlasError
 
-from .conftest import one_error_line
+from .conftest import document_paths, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -273,16 +273,6 @@ def test_chunks_json_is_strict_json(tmp_path, bundle_json):
 
 # ------------------------------------------------------------------------ property: mutations
 
-def _paths(data, prefix=()):
-    out = [prefix] if prefix else []
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out += _paths(v, prefix + (k,))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            out += _paths(v, prefix + (i,))
-    return out
-
 
 VALUES = st.one_of(
     st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
@@ -323,7 +313,7 @@ def _usable(bundle: ModelBundle) -> None:
 @given(pick=st.integers(0, 10**9), action=st.sampled_from(["replace", "replace", "delete"]), value=VALUES)
 def test_mutated_bundles_load_or_fail_as_input_errors(tmp_path, monkeypatch, bundle_json, pick, action, value):
     data = copy.deepcopy(bundle_json)
-    paths = _paths(data)
+    paths = [path for path, _ in document_paths(data)]
     path = paths[pick % len(paths)]
     parent = data
     for part in path[:-1]:

@@ -16,7 +16,7 @@ from replay.policies.polca import PolcaController
 from toolkit.errors import InputError, WattlasError
 from toolkit.validation import MAX_TOKENS
 
-from .conftest import one_error_line
+from .conftest import document_paths, one_error_line
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TEXTS = {name: (EXAMPLES / name).read_text() for name in ("cluster.toml", "polca_row.toml")}
@@ -286,18 +286,6 @@ SCALARS = st.one_of(
 )
 
 
-def _paths(data, prefix=()):
-    """Every (path, value) of a parsed TOML document: tables, lists and leaves."""
-    out = [(prefix, data)] if prefix else []
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out += _paths(v, prefix + (k,))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            out += _paths(v, prefix + (i,))
-    return out
-
-
 def _assert_usable(config: ClusterConfig) -> None:
     """A config that loaded can be used: policies build, and their control loops move forward."""
     assert isinstance(config, ClusterConfig) and config.pools and coverage_gap(config.pools) is None
@@ -335,7 +323,7 @@ def _load_mutated(tmp_path, name: str, data: dict):
        value=SCALARS)
 def test_mutated_cluster_settings_load_or_fail_as_input_errors(tmp_path, name, pick, action, value):
     data = tomllib.loads(TEXTS[name])
-    paths = _paths(data)
+    paths = document_paths(data)
     path, _ = paths[pick % len(paths)]
     parent = data
     for part in path[:-1]:
