@@ -66,6 +66,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     from .config import ClusterConfig, load_cluster, policy_configs
     from .cost_model import NotReplayable
     from .engine import replay
+    from .memory_planner import resolve_cluster
 
     table = read_trace(trace_path)
     trace_meta = artifact_metadata(table.schema)
@@ -76,6 +77,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
         trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
     bundle = ModelBundle.load(models_path)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
     if out_dir is not None:  # with the inputs read, fail now rather than after the replay
         ensure_writable_dir(out_dir)
         if policy == "dynamollm":
@@ -259,6 +261,7 @@ def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None,
     from toolkit.traces.formats import read_trace
 
     from .config import ClusterConfig, load_cluster, policy_configs
+    from .memory_planner import resolve_cluster
     from .policies.polca import oversubscription_search
 
     _check_output(output)
@@ -272,6 +275,7 @@ def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None,
         click.echo(f"the trace has no priorities: labelled {high_priority_fraction:.0%} high at random (seed 0)", err=True)
     bundle = ModelBundle.load(models_path)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
     result = oversubscription_search(trace, bundle, config, policy_configs(config)[1], max_extra, bound_high, bound_low,
                                      max_over_budget_fraction=max_over_budget)
     table = result["table"]
@@ -284,31 +288,89 @@ def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None,
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    """A comma-separated list of positive integers (None: not given)."""
+    if text is None:
+        return None
+    try:
+        values = [int(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a list of numbers: {text!r}", param_hint=option) from None
+    if not values or any(v < 1 for v in values):
+        raise click.BadParameter(f"needs positive integers: {text!r}", param_hint=option)
+    return values
+
+
 @replay.command("longctx")
 @click.option("--models", "models_path", type=click.Path(path_type=Path), required=True)
 @click.option("--contexts", default="131072,1000000,4000000,10000000", show_default=True, help="Context lengths, comma-separated.")
+@click.option("--tp", "tps", default=None, help="TP degrees, comma-separated (with --pp/--kvp: every combination, adaptive chunks).")
+@click.option("--pp", "pps", default=None, help="SPP stages, comma-separated.")
+@click.option("--kvp", "kvps", default=None, help="KVP groups, comma-separated.")
+@click.option("--gpu-memory-gib", type=float, default=80.0, show_default=True, help="Memory of one GPU (KV capacity).")
+@click.option("--preset", "--model-shape", "preset", default=None,
+              help="Model shape (llama3-8b, llama2-70b, tiny); default: the bundle's model when it names one.")
 @click.option("--tbt-slo", type=float, default=0.05, show_default=True)
-@click.option("--kv-capacity", type=int, default=4_000_000, show_default=True, help="KV tokens of one TP group.")
+@click.option("--kv-capacity", type=int, default=None, help="KV tokens of one TP x PP group (default: derived from the shape).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row, as a list.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV of the sweep.")
-def longctx(models_path: Path, contexts: str, tbt_slo: float, kv_capacity: int, output: Path | None) -> None:
-    """Mnemosyne: TTFT and TBT vs context under fixed/adaptive chunking, SPP and KVP."""
+def longctx(models_path: Path, contexts: str, tps: str | None, pps: str | None, kvps: str | None, gpu_memory_gib: float,
+            preset: str | None, tbt_slo: float, kv_capacity: int | None, as_json: bool, output: Path | None) -> None:
+    """Mnemosyne: TTFT and TBT vs context under chunking, SPP and KVP, KV capacity from the model.
+
+    Without --tp/--pp/--kvp: the four TP1 configurations of the first study (fixed 8192-token
+    chunks, adaptive, adaptive + SPP x4, adaptive + SPP x4 + KVP x4)."""
     from characterize.model_io import ModelBundle
+    from toolkit.jsonio import dump_json
+    from toolkit.model_shapes import PRESETS
 
     from .config import PoolConfig
-    from .policies.mnemosyne import context_sweep
+    from .memory_planner import bundle_preset
+    from .policies.mnemosyne import COLUMNS, CONFIGS, context_sweep, grid_configs
 
-    bundle = ModelBundle.load(models_path)
-    try:
-        lengths = [int(float(c)) for c in contexts.split(",") if c.strip()]
-    except ValueError:
-        raise click.BadParameter(f"not a list of numbers: {contexts!r}", param_hint="--contexts") from None
+    lengths = _int_list(contexts, "--contexts")
+    grid = [_int_list(v, o) for v, o in ((tps, "--tp"), (pps, "--pp"), (kvps, "--kvp"))]
+    if not gpu_memory_gib > 0:
+        raise click.BadParameter("must be > 0", param_hint="--gpu-memory-gib")
+    if not tbt_slo > 0:
+        raise click.BadParameter("must be > 0", param_hint="--tbt-slo")
+    if kv_capacity is not None and kv_capacity < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--kv-capacity")
+    if preset is not None and preset not in PRESETS:
+        raise click.BadParameter(f"{preset!r} is not one of {', '.join(PRESETS)}", param_hint="--preset")
     _check_output(output)
-    base = PoolConfig(instances=1, max_batch_tokens=16384, kv_capacity_tokens=kv_capacity, tbt_slo_s=tbt_slo)
-    table = context_sweep(bundle, lengths, base=base)
+    bundle = ModelBundle.load(models_path)
+    shape = preset or bundle_preset(bundle)
+    if shape is None and kv_capacity is None:
+        raise click.BadParameter(f"the bundle names no model preset (its model: {bundle.metadata.get('model')!r}); "
+                                 f"give one of {', '.join(PRESETS)} (or --kv-capacity)", param_hint="--preset")
+    configs = CONFIGS if all(g is None for g in grid) else grid_configs(*(g or [1] for g in grid))
+    base = PoolConfig(instances=1, max_batch_tokens=16384, kv_capacity_tokens=kv_capacity, tbt_slo_s=tbt_slo,
+                      model_shape=shape or "llama3-8b", gpu_memory_gib=gpu_memory_gib)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(lengths) * len(configs), desc="longctx", unit="row", leave=False)
+    try:
+        table = context_sweep(bundle, lengths, configs=configs, base=base, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
     if output:
         _write_csv(table, output)
+    if as_json:
+        keys = ["context_tokens", "tp", "pp", "kvp", "gpus", "ttft_s", "long_tbt_s", "decode_tbt_max_s",
+                "short_ttft_p50_s", "short_ttft_p99_s", "dropped", "drop_reason", "config"]
+        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                for row in table[keys].to_dict("records")]
+        click.echo(dump_json(rows))
+        return
     label = " [SIMULATED models]" if bundle.simulated else ""
-    click.echo(f"one long request amid a stream of short ones (5/s){label}; TBT SLO {tbt_slo * 1000:.0f} ms; "
-               "decode_tbt_max_s: worst gap a short request saw during the long prefill")
-    shown = table.drop(columns=["drop_reason", "tbt_slo_s"])
+    click.echo(f"one long request amid a stream of short ones (5/s){label}; {base.model_shape} on {gpu_memory_gib:g} GiB "
+               f"GPUs; TBT SLO {tbt_slo * 1000:.0f} ms; decode_tbt_max_s: worst gap a short request saw during the long "
+               f"prefill; short_ttft: every short request that arrived during it")
+    shown = table[[c for c in COLUMNS if c not in ("drop_reason", "tbt_slo_s")]]
     click.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for row in table[table["dropped"]].itertuples():
+        click.echo(f"  dropped {row.config} at {row.context_tokens:,} tokens: {row.drop_reason}")

@@ -20,7 +20,13 @@ models = "h100.json"             # this pool's model bundle (GPU type); default:
 sm_clock_mhz = 1980              # omit: the highest profiled clock
 max_batch_tokens = 4096          # token budget of one iteration (decodes + prefill chunk)
 max_batch_size = 256             # sequences in flight per instance
-kv_capacity_tokens = 400000      # KV cache (tokens) of one TP group; an instance holds x pp x kvp
+pp_transfer_s = 0.00005          # SPP: one inter-stage activation send per stage boundary and pass (estimate)
+kv_capacity_tokens = 400000      # KV cache (tokens) of one TP x PP group; an instance holds x kvp.
+                                 # omit: derived from model_shape and gpu_memory_gib (replay/memory_planner.py)
+model_shape = "llama3-8b"        # a preset (llama3-8b, llama2-70b, tiny); omit: the bundle's model when it
+                                 # names a preset - required when kv_capacity_tokens is omitted and it does not
+gpu_memory_gib = 80              # memory of one GPU (90 % usable, as vLLM), for the derived KV capacity
+dtype_bytes = 2                  # bytes per weight and KV element (bf16: 2, fp8: 1)
 chunk_policy = "fixed"           # or "adaptive" (Mnemosyne: largest chunk within tbt_slo_s)
 chunk_size = 2048
 ttft_slo_s = 2.0
@@ -50,6 +56,10 @@ Everything is checked at load, before any replay: types (``instances = "2"`` is 
 finiteness (no ``nan``/``inf``), integers where counts are meant, and the bounds below (and in the
 policies' ``settings``); the routed pools together must accept every (input, output) length.
 An error is one line naming the file and the key: ``c.toml: key pool[0].tp: must be >= 1 (got 0)``.
+A pool whose model shard does not fit its GPUs (weights and activations above the usable memory) is
+refused with the bytes it needs, at load when ``model_shape`` is set, else at replay.  The replay
+summary says which KV capacity each pool used and how (``kv_capacity_tokens``,
+``kv_capacity_source``: ``"toml"`` or ``"derived from llama3-8b on 80 GiB"``).
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from toolkit.errors import InputError
+from toolkit.model_shapes import PRESETS as MODEL_SHAPES
 from toolkit.validation import MAX_CLOCK_MHZ, MAX_TOKENS, Settings, read_text
 
 if TYPE_CHECKING:
@@ -76,6 +87,10 @@ if TYPE_CHECKING:
 # KVP: combining the groups' partial attention per iteration - one small NVLink collective per
 # layer, ~10 us each on H100 for a 32-layer model (an estimate, not a measurement)
 KVP_COMBINE_S = 3.2e-4
+# SPP: sending one micro-batch's activations to the next stage, per stage boundary and pipeline
+# pass - latency-bound for decode-sized batches (~tens of us over NVLink or InfiniBand; an
+# estimate, not a measurement)
+PP_TRANSFER_S = 5e-5
 
 # Bounds of the settings (all inclusive).  Wide enough for any real deployment, narrow enough
 # that a typo cannot make the replay allocate without end or loop without progress.
@@ -85,6 +100,8 @@ MAX_PARALLEL = 1024  # tp, pp, kvp
 MAX_BATCH_SIZE = 65_536  # sequences in flight per instance
 MAX_SLO_S = 86_400.0  # TTFT and TBT SLOs: a day
 MAX_KVP_COMBINE_S = 1.0  # a per-iteration collective of a second is a typo, not a network
+MAX_GPU_MEMORY_GIB = 16_384.0  # one GPU's memory: today's carry 80-192 GiB
+MAX_DTYPE_BYTES = 8
 MIN_BIN_S, MAX_BIN_S = 1e-3, 86_400.0  # power timeline resolution (bins are allocated per instance)
 MAX_GPU_HOUR_USD = 10_000.0
 MAX_CARBON_G_PER_KWH = 10_000.0  # coal is ~1,000
@@ -113,7 +130,14 @@ class PoolConfig:
     sm_clock_mhz: float | None = None
     max_batch_tokens: int = 4096
     max_batch_size: int = 256
-    kv_capacity_tokens: int = 400_000
+    pp_transfer_s: float = PP_TRANSFER_S
+    # None: derived from the model shape (replay/memory_planner.py) - the TOML default.  Code that
+    # builds a PoolConfig without saying gets the old flat 400,000 tokens: policies read this field
+    # before any bundle is at hand (DynamoLLM's planner), and bundles built in code name no model.
+    kv_capacity_tokens: int | None = 400_000
+    model_shape: str | None = None  # None: the bundle's model when it names a preset
+    gpu_memory_gib: float = 80.0
+    dtype_bytes: int = 2
     chunk_policy: str = "fixed"
     chunk_size: int = 2048
     ttft_slo_s: float = 2.0
@@ -124,6 +148,9 @@ class PoolConfig:
     # A standby pool is another TP layout of a routed pool's GPUs (DynamoLLM re-sharding): it gets
     # no requests and no power until a controller re-shards to it (``ClusterState.reshard``).
     standby: bool = False
+    # How kv_capacity_tokens was decided ("toml", "derived from llama3-8b on 80 GiB"); set by
+    # memory_planner.resolve_cluster (a TOML need not set it; a label, it changes nothing).
+    kv_capacity_source: str | None = None
 
     @classmethod
     def from_table(cls, table: Settings) -> "PoolConfig":
@@ -133,7 +160,7 @@ class PoolConfig:
         tokens = dict(integer=True, minimum=1, maximum=MAX_TOKENS)
         limit = dict(integer=True, minimum=1, maximum=UNBOUNDED_TOKENS)
         slo = dict(minimum=0, exclusive_minimum=True, maximum=MAX_SLO_S)
-        return cls(
+        pool = cls(
             name=table.text("name", d.name),
             instances=table.number("instances", d.instances, **count, maximum=MAX_INSTANCES),
             tp=table.number("tp", d.tp, **count, maximum=MAX_PARALLEL),
@@ -145,7 +172,12 @@ class PoolConfig:
                                       maximum=MAX_CLOCK_MHZ),
             max_batch_tokens=table.number("max_batch_tokens", d.max_batch_tokens, **tokens),
             max_batch_size=table.number("max_batch_size", d.max_batch_size, **count, maximum=MAX_BATCH_SIZE),
-            kv_capacity_tokens=table.number("kv_capacity_tokens", d.kv_capacity_tokens, **tokens),
+            pp_transfer_s=table.number("pp_transfer_s", d.pp_transfer_s, minimum=0, maximum=MAX_KVP_COMBINE_S),
+            kv_capacity_tokens=table.number("kv_capacity_tokens", None, **tokens),  # absent: derived
+            model_shape=table.choice("model_shape", tuple(MODEL_SHAPES), d.model_shape),
+            gpu_memory_gib=table.number("gpu_memory_gib", d.gpu_memory_gib, minimum=0, exclusive_minimum=True,
+                                        maximum=MAX_GPU_MEMORY_GIB),
+            dtype_bytes=table.number("dtype_bytes", d.dtype_bytes, integer=True, minimum=1, maximum=MAX_DTYPE_BYTES),
             chunk_policy=table.choice("chunk_policy", CHUNK_POLICIES, d.chunk_policy),
             chunk_size=table.number("chunk_size", d.chunk_size, **tokens),
             ttft_slo_s=table.number("ttft_slo_s", d.ttft_slo_s, **slo),
@@ -154,7 +186,16 @@ class PoolConfig:
             max_output_tokens=table.number("max_output_tokens", d.max_output_tokens, **limit),
             priority=table.choice("priority", PRIORITIES, d.priority),
             standby=table.flag("standby", d.standby),
+            kv_capacity_source=table.text("kv_capacity_source", None),  # (a label; what asdict() round-trips)
         )
+        if pool.model_shape is not None and pool.kv_capacity_tokens is None:
+            from .memory_planner import DoesNotFit, plan_for
+
+            try:  # a shard that cannot fit fails now, naming the key, not after the trace is read
+                plan_for(pool, pool.model_shape).capacity_tokens
+            except DoesNotFit as exc:
+                raise table.error("model_shape", exc.message) from None
+        return pool
 
 
 @dataclass

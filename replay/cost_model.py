@@ -13,10 +13,17 @@ A mixed iteration (prefill chunk(s) + decodes) costs the sum, with one launch co
 Mnemosyne parallelism on top of TP (``pp`` stages of sequence pipeline parallelism, ``kvp``
 KV-parallel groups), in steady state:
 
-* SPP pipelines the chunks of one prompt across ``pp`` stages, so prefill work completes at
-  ``pp`` times the rate: TTFT ~ sum(chunk times) / pp, plus the drain of the last chunk through
-  the other stages (added by the engine at the first token; one short prompt gains nothing);
-  a decode token still passes every stage, so decode time is unchanged;
+* SPP pipelines prefill: a pipelined instance's iteration fills up to ``pp`` stage slots, each
+  with a chunk (consecutive chunks of one prompt may follow each other: a chunk needs only the
+  KV its stage already holds).  A slot takes ``1/pp`` of its chunk's unsplit time (each stage holds
+  ``1/pp`` of the layers, one launch per slot), so prefill work completes at ``pp`` times the rate:
+  TTFT ~ sum(chunk times) / pp plus the drain of the last chunk through the other stages (the
+  engine adds it at the first token; one short prompt gains nothing);
+* a decode token passes every stage, so any iteration that carries decodes lasts a full pipeline
+  pass: the unsplit decode time plus the largest chunk riding with it (or the slots' total, when
+  that is longer), plus ``pp_transfer_s`` per stage boundary for the activations sent from stage
+  to stage - never ``1/pp`` of it.  The adaptive chunk is sized so that full pass keeps the TBT
+  SLO (so SPP leaves the chunk size as without it, and fills ``pp`` slots with such chunks);
 * KVP splits the KV cache over ``kvp`` groups: the terms that read the KV (c*p and p for
   prefill, b*k and k for decode) divide by ``kvp``, plus ``kvp_overhead_s`` per iteration to
   combine the partial attention results - decode time stays flat as context grows.
@@ -39,7 +46,7 @@ from characterize.terms import parse_term
 
 from toolkit.errors import WattlasError
 
-from .config import KVP_COMBINE_S, PoolConfig
+from .config import KVP_COMBINE_S, PP_TRANSFER_S, PoolConfig
 
 
 class NotReplayable(WattlasError):
@@ -115,10 +122,11 @@ class InstanceCost:
     kvp: int = 1
     kvp_overhead_s: float = KVP_COMBINE_S  # per iteration with kvp > 1 (PoolConfig.kvp_combine_s)
     pre_memory: dict[str, float] | None = None  # a roofline prefill model's memory piece (m0, mp)
+    pp_transfer_s: float = PP_TRANSFER_S  # SPP: per stage boundary and full pass (PoolConfig.pp_transfer_s)
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, tp: int, sm_clock_mhz: float | None, pp: int = 1, kvp: int = 1,
-                    kvp_overhead_s: float = KVP_COMBINE_S) -> "InstanceCost":
+                    kvp_overhead_s: float = KVP_COMBINE_S, pp_transfer_s: float = PP_TRANSFER_S) -> "InstanceCost":
         """The costs of an instance of ``tp * pp * kvp`` GPUs at ``sm_clock_mhz`` (None: the highest
         profiled clock), compiled from ``bundle``'s prefill and decode latency models and its power
         models (prefill power from the ``mixed`` model where there is no ``prefill`` one).
@@ -144,40 +152,55 @@ class InstanceCost:
                   if isinstance(prefill, RooflineModel) else None)
         return cls(_coefficients(prefill, PREFILL_TERMS, tp, sm_clock_mhz), _coefficients(decode, DECODE_TERMS, tp, sm_clock_mhz),
                    power("prefill") or power("mixed"), power("decode"), gpus=tp * pp * kvp, pp=pp, kvp=kvp,
-                   kvp_overhead_s=kvp_overhead_s, pre_memory=memory)
+                   kvp_overhead_s=kvp_overhead_s, pre_memory=memory, pp_transfer_s=pp_transfer_s)
 
     @property
     def has_power(self) -> bool:
         """Whether both the prefill and the decode power model are there (else power is unknown)."""
         return self.prefill_power is not None and self.decode_power is not None
 
-    def _prefill_memory(self, p: float) -> float:
+    def _prefill_memory(self, p: float, n: int = 1) -> float:
         m = self.pre_memory
-        return m["m0"] + m["mp"] * p / self.kvp if m is not None else -math.inf
+        return n * m["m0"] + m["mp"] * p / self.kvp if m is not None else -math.inf
 
     @property
     def combine_s(self) -> float:
         """KVP: combining the groups' partial attention, once per iteration."""
         return self.kvp_overhead_s if self.kvp > 1 else 0.0
 
-    def prefill_latency(self, c: float, cp: float, c2: float, p: float) -> float:
-        """Latency (s) of an iteration of prefill chunks only, from the sums over its chunks of c,
-        c*p, c^2 and p (tokens), with SPP and KVP applied (module docstring)."""
+    @property
+    def transfer_s(self) -> float:
+        """SPP: the activation sends of one full pipeline pass (one per stage boundary)."""
+        return (self.pp - 1) * self.pp_transfer_s if self.pp > 1 else 0.0
+
+    def _prefill_core(self, c: float, cp: float, c2: float, p: float, n: int = 1) -> float:
+        """Unsplit time of prefill pieces (sums over them), with ``n`` launches."""
         q = self.pre
         attention = (q["kcp"] * cp + q["kp"] * p) / self.kvp
-        compute = q["k0"] + q["kc"] * c + q["kc2"] * c2 + attention
-        return max(compute, self._prefill_memory(p)) / self.pp + self.combine_s
+        compute = n * q["k0"] + q["kc"] * c + q["kc2"] * c2 + attention
+        return max(compute, self._prefill_memory(p, n))
+
+    def piece_latency(self, c: float, p: float) -> float:
+        """Unsplit time (s) of one chunk of ``c`` tokens after ``p`` prefix tokens, on all stages
+        in turn: what its full pass through the pipeline takes (without transfers)."""
+        return self._prefill_core(c, c * p, c * c, p)
+
+    def prefill_latency(self, c: float, cp: float, c2: float, p: float, n: int = 1) -> float:
+        """Latency (s) of an iteration of prefill chunks only, from the sums over its chunks of c,
+        c*p, c^2 and p (tokens), with SPP and KVP applied (module docstring): with ``pp`` > 1 the
+        ``n`` chunks fill ``n`` stage slots (one launch each), without SPP they share one launch."""
+        return self._prefill_core(c, cp, c2, p, n if self.pp > 1 else 1) / self.pp + self.combine_s
 
     def decode_latency(self, b: int, k_sum: float) -> float:
         """Latency (s) of a decode-only iteration of ``b`` >= 1 sequences holding ``k_sum`` KV tokens
-        together."""
+        together: a full pass through every stage (SPP adds the inter-stage transfers)."""
         q = self.dec
         kv_reads = (q["dbk"] * k_sum + q["dk"] * (k_sum / b)) / self.kvp
-        return q["d0"] + q["db"] * b + kv_reads + self.combine_s
+        return q["d0"] + q["db"] * b + kv_reads + self.combine_s + self.transfer_s
 
     def _decode_share(self, b: int, k_sum: float) -> float:
         """What b decodes add to an iteration that also runs a prefill chunk (launch and combine counted once)."""
-        return self.decode_latency(b, k_sum) - self.dec["d0"] - self.combine_s if b else 0.0
+        return self.decode_latency(b, k_sum) - self.dec["d0"] - self.combine_s - self.transfer_s if b else 0.0
 
     def check_range(self, pool: PoolConfig, points: int = 12) -> None:
         """Refuse a model that predicts a latency <= 0 (or not finite) anywhere the pool can run:
@@ -188,7 +211,7 @@ class InstanceCost:
         def grid(high: float) -> list[int]:
             return sorted({max(1, int(round(x))) for x in np.geomspace(1, max(1.0, float(high)), points)})
 
-        kv = pool.kv_capacity_tokens * pool.pp * pool.kvp
+        kv = pool.kv_capacity_tokens * pool.kvp
         where = f"tp={pool.tp}, clock={pool.sm_clock_mhz or 'highest profiled'} MHz"
         for b in grid(pool.max_batch_size):
             for k_sum in (k for k in grid(kv) if k >= b):
@@ -205,35 +228,55 @@ class InstanceCost:
                                         f"after {p} prefix tokens ({where}); replay needs a positive latency everywhere "
                                         f"the pool can run")
 
-    def iteration_latency(self, c: float, cp: float, c2: float, p: float, b: int, k_sum: float) -> float:
-        """Latency (s) of an iteration of prefill chunks (sums as in :meth:`prefill_latency`) and
-        ``b`` decodes holding ``k_sum`` KV tokens, launch and combine counted once; at least 1 us."""
+    def iteration_latency(self, c: float, cp: float, c2: float, p: float, b: int, k_sum: float, n: int = 1,
+                          largest: float = 0.0) -> float:
+        """Latency (s) of an iteration of prefill chunks (sums as in :meth:`prefill_latency`, ``n``
+        chunks, the longest taking ``largest`` s unsplit - :meth:`piece_latency`) and ``b`` decodes
+        holding ``k_sum`` KV tokens, launch and combine counted once; at least 1 us.
+
+        With SPP and decodes, the iteration is a full pass (module docstring): the slots' total
+        or the largest chunk, whichever is longer, plus the decodes' unsplit share and transfers."""
         if c > 0:
-            latency = self.prefill_latency(c, cp, c2, p) + self._decode_share(b, k_sum)
+            prefill = self.prefill_latency(c, cp, c2, p, n)
+            if self.pp > 1 and b > 0:
+                prefill = max(prefill, largest + self.combine_s) + self.transfer_s
+            latency = prefill + self._decode_share(b, k_sum)
         else:
             latency = self.decode_latency(b, k_sum) if b > 0 else 0.0
         return max(latency, 1e-6)
 
     def largest_chunk(self, p: float, b: int, k_sum: float, slo_s: float, granularity: int = 32,
-                      scheduled: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> int:
-        """Mnemosyne adaptive chunk: the largest c (multiple of granularity) keeping the mixed
-        iteration <= SLO, given the pieces already ``scheduled`` in it (sums of c, c*p, c^2, p)."""
+                      scheduled: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0), n: int = 0) -> int:
+        """Mnemosyne adaptive chunk: the largest c (multiple of granularity) after ``p`` prefix tokens
+        keeping the iteration <= SLO, given the ``n`` pieces already ``scheduled`` in it (sums of c,
+        c*p, c^2, p).  With SPP the bound is the full pass that carries the decodes (module
+        docstring): the chunk's own unsplit time, and the slots' total, each within the budget."""
         q, pp, kvp = self.pre, self.pp, self.kvp
         c_s, cp_s, c2_s, p_s = scheduled
+        budget = slo_s - self._decode_share(b, k_sum) - self.combine_s - (self.transfer_s if b > 0 else 0.0)
+
+        def solve(const: float, lin: float, a: float) -> float:  # largest c with const + lin*c + a*c^2 <= 0
+            if const >= 0:
+                return 0.0
+            if a > 1e-18:
+                return (-lin + math.sqrt(lin * lin - 4 * a * const)) / (2 * a)
+            return -const / lin if lin > 0 else float("inf")
+
         others = q["kc"] * c_s + q["kcp"] * cp_s / kvp + q["kc2"] * c2_s + q["kp"] * p_s / kvp
-        budget = slo_s - self._decode_share(b, k_sum) - self.combine_s  # left for the prefill pieces
-        rest = (q["k0"] + q["kp"] * p / kvp + others) / pp - budget
-        if rest >= 0:
-            return 0
-        if self._prefill_memory(p_s + p) / pp > budget:
-            return 0  # reading the prefix alone (roofline memory piece) breaks the SLO
-        a, lin = q["kc2"] / pp, (q["kc"] + q["kcp"] * p / kvp) / pp
-        if a > 1e-18:
-            c = (-lin + math.sqrt(lin * lin - 4 * a * rest)) / (2 * a)
-        elif lin > 0:
-            c = -rest / lin
+        lin, a = q["kc"] + q["kcp"] * p / kvp, q["kc2"]
+        if pp == 1:  # one launch for every piece of the iteration
+            if self._prefill_memory(p_s + p) > budget:
+                return 0  # reading the prefix alone (roofline memory piece) breaks the SLO
+            c = solve(q["k0"] + q["kp"] * p / kvp + others - budget, lin, a)
         else:
-            c = float("inf")
+            if b > 0 and self._prefill_memory(p) > budget:
+                return 0
+            if self._prefill_memory(p_s + p, n + 1) / pp > budget:
+                return 0
+            # the slots' total (n + 1 launches) within the budget ...
+            c = solve(((n + 1) * q["k0"] + q["kp"] * p / kvp + others) / pp - budget, lin / pp, a / pp)
+            if b > 0:  # ... and the full pass of the chunk that carries the decodes
+                c = min(c, solve(q["k0"] + q["kp"] * p / kvp - budget, lin, a))
         return int((min(c, 1 << 30) + 1e-6) // granularity * granularity)  # (1e-6: a chunk at the boundary counts)
 
     def iteration_power(self, prefill_tokens: float, b: int) -> float | None:

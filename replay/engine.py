@@ -37,6 +37,7 @@ import pandas as pd
 
 from .config import ClusterConfig, PoolConfig, route_requests
 from .cost_model import InstanceCost
+from .memory_planner import MemoryPlan, pool_plan, resolve_cluster
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -208,7 +209,8 @@ class Instance:
     Nothing is touched per running sequence per iteration.
     """
 
-    def __init__(self, index: int, pool_index: int, pool: PoolConfig, cost: InstanceCost, req: Requests, rec: Recorder) -> None:
+    def __init__(self, index: int, pool_index: int, pool: PoolConfig, cost: InstanceCost, req: Requests, rec: Recorder,
+                 memory: MemoryPlan | None = None) -> None:
         self.index = index
         self.pool_index = pool_index
         self.pool = pool
@@ -232,8 +234,10 @@ class Instance:
         self.fast_forward = True  # False: one decode iteration at a time (the reference run)
         self.clock = pool.sm_clock_mhz  # SM clock the instance runs at now (policies change it)
         self.power_now = self.idle_power  # power of the iteration in flight, idle power when idle
-        # kv_capacity_tokens is per TP group; SPP stages hold 1/pp of the layers, KVP groups 1/kvp of the tokens
-        self.kv_capacity = pool.kv_capacity_tokens * pool.pp * pool.kvp
+        # kv_capacity_tokens is per TP x PP group (the stages together hold each token once); KVP
+        # groups hold 1/kvp of the tokens each
+        self.kv_capacity = pool.kv_capacity_tokens * pool.kvp
+        self.memory = memory  # the memory plan of one GPU, when the model shape is known (drop reasons in bytes)
         # Power state (re-sharding): a standby instance's GPUs belong to another layout and draw
         # nothing here; a parked one finishes its requests, then hands its GPUs over (powers off).
         self.powered = not pool.standby
@@ -259,7 +263,10 @@ class Instance:
             need = int(self.req.input[r] + self.req.output[r])
             if need > capacity:
                 self.queue.popleft()
-                self.req.drop_reason[r] = f"needs {need} KV tokens, instance holds {capacity}"
+                reason = f"needs {need} KV tokens, instance holds {capacity}"
+                if self.memory is not None:
+                    reason += f": {self.memory.context_need(need, pool.kvp)}"
+                self.req.drop_reason[r] = reason
                 continue
             if self.kv_reserved + need > capacity:
                 return  # wait for KV to free up
@@ -305,38 +312,49 @@ class Instance:
 
     # ------------------------------------------------------------------ iterations
     def _mixed_iteration(self) -> bool:
+        """One iteration with prefill pieces: without SPP every prefilling prompt may add a chunk
+        (one batch); with ``pp`` > 1 up to ``pp`` chunks fill the stage slots, consecutive chunks
+        of one prompt included, each at most ``max_batch_tokens`` (cost_model module docstring)."""
         pool, cost, req = self.pool, self.cost, self.req
+        pp = pool.pp
         b = len(self.heap)
         k_sum = self.s + b * self.g
-        budget = pool.max_batch_tokens - b
-        pieces = []
+        budget = pool.max_batch_tokens * pp - b
+        pieces = []  # (item, chunk tokens, prefix tokens)
         c_sum = cp_sum = c2_sum = p_sum = 0.0
         for item in self.prefilling:
-            if budget <= 0:
-                break
             r, done = item
-            cap = pool.chunk_size
-            if pool.chunk_policy == "adaptive":
-                cap = cost.largest_chunk(done, b, k_sum, pool.tbt_slo_s, scheduled=(c_sum, cp_sum, c2_sum, p_sum))
-                if pieces and cap < MIN_CHUNK:
-                    continue  # the SLO budget of this iteration is spent; later pieces wait
-                cap = max(MIN_CHUNK, cap)  # the first piece always progresses
-            c = min(int(req.input[r]) - done, budget, cap)
-            if c <= 0:
-                continue
-            pieces.append((item, c))
-            c_sum += c
-            cp_sum += c * done
-            c2_sum += c * c
-            p_sum += done
-            budget -= c
+            while budget > 0 and (pp == 1 or len(pieces) < pp):
+                cap = pool.chunk_size
+                if pool.chunk_policy == "adaptive":
+                    cap = cost.largest_chunk(done, b, k_sum, pool.tbt_slo_s, scheduled=(c_sum, cp_sum, c2_sum, p_sum),
+                                             n=len(pieces))
+                    if pieces and cap < MIN_CHUNK:
+                        break  # the SLO budget of this iteration is spent; later pieces wait
+                    cap = max(MIN_CHUNK, cap)  # the first piece always progresses
+                c = min(int(req.input[r]) - done, budget, cap, pool.max_batch_tokens)
+                if c <= 0:
+                    break
+                pieces.append((item, c, done))
+                c_sum += c
+                cp_sum += c * done
+                c2_sum += c * c
+                p_sum += done
+                budget -= c
+                done += c
+                if pp == 1:
+                    break  # without SPP a prompt gives one chunk an iteration
+            if budget <= 0 or (pp > 1 and len(pieces) >= pp):
+                break
         if not pieces:
             return False
-        latency = cost.iteration_latency(c_sum, cp_sum, c2_sum, p_sum, b, k_sum)
+        full = [cost.piece_latency(c, done) for _, c, done in pieces] if pp > 1 else []
+        latency = cost.iteration_latency(c_sum, cp_sum, c2_sum, p_sum, b, k_sum, n=len(pieces), largest=max(full, default=0.0))
         power = cost.iteration_power(c_sum, b)
         share = power * latency / (c_sum + b) if power is not None else 0.0
-        for (r, _), c in pieces:
+        for (r, _), c, _ in pieces:
             req.energy[r] += share * c
+        start = self.t
         self._spend(latency, power)
         self.t += latency
         self.iterations += 1
@@ -344,15 +362,17 @@ class Instance:
             self.rec.add_tbt(latency, 0.0, 1, b)
             self._decoded(1, latency, share)
         completed = False
-        # SPP: a finished prompt's last chunk still passes the other pp - 1 stages (the pipeline
-        # drain) while the first stage goes on with other work, so one short prompt gains nothing
-        drain = (pool.pp - 1) * latency
-        for item, c in pieces:
+        offset = 0.0  # SPP: when the piece's slot starts, after the slots before it
+        for j, (item, c, _) in enumerate(pieces):
             item[1] += c
-            if item[1] >= req.input[item[0]]:
+            if item[1] >= req.input[item[0]] and np.isnan(req.first_token[item[0]]):
                 completed = True
-                req.first_token[item[0]] = self.t + drain
+                # SPP: the last chunk passes every stage (its full unsplit time and the transfers)
+                # while the first stage goes on with other work, so one short prompt gains nothing
+                req.first_token[item[0]] = self.t if pp == 1 else max(self.t, start + offset + full[j] + cost.transfer_s)
                 self._join(item[0])
+            if pp > 1:
+                offset += full[j] / pp
         if completed:
             self.prefilling = [item for item in self.prefilling if item[1] < req.input[item[0]]]
         return True
@@ -483,7 +503,8 @@ class ClusterState:
         if key not in self._costs:
             pool = self.config.pools[pool_index]
             bundle = self._bundles.get(pool.models) or next(iter(self._bundles.values()))
-            self._costs[key] = InstanceCost.from_bundle(bundle, pool.tp, sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s)
+            self._costs[key] = InstanceCost.from_bundle(bundle, pool.tp, sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s,
+                                                        pp_transfer_s=pool.pp_transfer_s)
         return self._costs[key]
 
     def set_clock(self, t: float, instance: int, sm_clock_mhz: float | None, reason: str = "") -> None:
@@ -554,27 +575,31 @@ def replay(trace: pd.DataFrame, bundle: ModelBundle, config: ClusterConfig, prio
     ``progress``, if given, is called with the fraction of requests routed so far (0 to 1).
     """
     started = time.perf_counter()
+    bundles = {}
+    for pool in config.pools:
+        if pool.models and pool.models not in bundles:  # a pool of another GPU type brings its own models
+            from characterize.model_io import ModelBundle
+
+            bundles[pool.models] = ModelBundle.load(pool.models)
+    config = resolve_cluster(config, bundle, bundles=bundles)  # KV capacity: as set, or from the model shape
     arrival = trace["arrival_s"].to_numpy(dtype=np.float64)
     req = Requests(arrival, trace["input_tokens"].to_numpy(dtype=np.int64), trace["output_tokens"].to_numpy(dtype=np.int64))
     horizon = float(arrival[-1]) if len(arrival) else 0.0
     rec = Recorder(config.instances, config.bin_s)
     instances: list[Instance] = []
     members: list[list[int]] = []
-    bundles = {}
     for p_index, pool in enumerate(config.pools):
-        pool_bundle = bundle
-        if pool.models:  # a pool of another GPU type brings its own models
-            from characterize.model_io import ModelBundle
-
-            pool_bundle = bundles.setdefault(pool.models, ModelBundle.load(pool.models))
+        pool_bundle = bundles[pool.models] if pool.models else bundle
         bundles.setdefault(None, bundle)
-        cost = InstanceCost.from_bundle(pool_bundle, pool.tp, pool.sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s)
+        cost = InstanceCost.from_bundle(pool_bundle, pool.tp, pool.sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s,
+                                        pp_transfer_s=pool.pp_transfer_s)
         if not pool.standby:
             cost.check_range(pool)
+        memory = pool_plan(pool, pool_bundle)
         members.append([])
         for _ in range(pool.instances):
             members[-1].append(len(instances))
-            instances.append(Instance(len(instances), p_index, pool, cost, req, rec))
+            instances.append(Instance(len(instances), p_index, pool, cost, req, rec, memory))
             instances[-1].fast_forward = fast_forward
     req.pool[:] = route_requests(config, req.input, req.output, priority, source)
     state = ClusterState(instances, members, config, bundles, rec)
@@ -722,6 +747,14 @@ def _result(trace, req: Requests, rec: Recorder, instances, config: ClusterConfi
         "row_power_p99_w": _weighted_quantile(row_power, row_bins, 0.99) if has_power else None,
         "peak_instance_power_w": max(i.cost.iteration_power(1e6, 0) or 0.0 for i in instances) if has_power else None,
     }
+    # KV capacity (tokens of one TP x PP group) and how it was decided: the first routed pool's,
+    # then every pool's
+    routed = [p for p in config.pools if not p.standby] or config.pools
+    summary["kv_capacity_tokens"] = int(routed[0].kv_capacity_tokens)
+    summary["kv_capacity_source"] = routed[0].kv_capacity_source
+    summary["kv_capacity_by_pool"] = [{"pool": p.name, "kv_capacity_tokens": int(p.kv_capacity_tokens),
+                                       "instance_kv_tokens": int(p.kv_capacity_tokens * p.kvp),
+                                       "kv_capacity_source": p.kv_capacity_source} for p in config.pools]
     if has_power:
         summary["conservation"] = {
             "timeline_j": float(np.dot(counts, energy)), "instances_j": busy + idle,

@@ -16,7 +16,9 @@ from replay.policies.polca import PolcaConfig, PolcaController, oversubscription
 @pytest.fixture(scope="module")
 def sim_bundle():
     warnings.simplefilter("ignore")
-    return fit_bundle(from_profile(simulate_profile("llama3-8b", "quick")), {"simulated": True}, tree_estimators=10)
+    # (names its model, as `characterize fit` bundles do: TOML pools without kv_capacity_tokens derive it from it)
+    return fit_bundle(from_profile(simulate_profile("llama3-8b", "quick")), {"simulated": True, "model": ["llama3-8b"]},
+                      tree_estimators=10)
 
 
 def load(n, rate, seed=0, high_fraction=0.5):
