@@ -1,5 +1,10 @@
 """Report sections from wattlas artifacts.  Each ``add_*`` adds to a :class:`Report`, so single
-reports and the demo's combined report share one implementation."""
+reports and the demo's combined report share one implementation.
+
+Conventions every section keeps: power in W (figures and tables alike), cluster energy in kWh
+and per-GPU energy in J, latency in s; paths shown relative to the report or by name
+(:meth:`Report.display_path`); a value repeated on every row is said once in the caption; every
+section and figure drawn from simulated data is marked [SIMULATED]."""
 
 from __future__ import annotations
 
@@ -12,7 +17,35 @@ import pandas as pd
 from toolkit.errors import InputError
 
 from . import figures
-from .html import Report
+from .html import Markup, Report, mark
+
+
+def _hoist_constant(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, str]:
+    """``frame`` without those of ``columns`` that hold one value on every row, and a caption
+    fragment naming them ("energy_method: counter; backend: sim")."""
+    said = []
+    for column in columns:
+        if column in frame and len(frame) and frame[column].astype(str).nunique() == 1:
+            value = frame[column].iloc[0]
+            if isinstance(value, (float, np.floating)) and np.isfinite(value):
+                value = f"{value:,.0f}" if float(value).is_integer() else f"{value:,.4g}"
+            said.append(f"{column}: {'-' if value is None or (isinstance(value, float) and np.isnan(value)) else value}")
+            frame = frame.drop(columns=[column])
+    return frame, "; ".join(said)
+
+
+def _caption(*parts: str) -> str:
+    return ". ".join(p for p in parts if p)
+
+
+def _signed_pct(value: object, more: str = "more", less: str = "less") -> str | None:
+    """A relative change for people: "+3.3 % (more)", "-0.9 % (less)", "0.0 %" (None: unknown)."""
+    if value is None or not np.isfinite(float(value)):
+        return None
+    pct = float(value) * 100
+    if abs(pct) < 0.05:
+        return "0.0 %"
+    return f"{pct:+.1f} % ({more if pct > 0 else less})"
 
 
 def add_collection(report: Report, directory: Path) -> None:
@@ -24,35 +57,36 @@ def add_collection(report: Report, directory: Path) -> None:
     telemetry = load_telemetry(directory)
     if telemetry.empty:
         raise InputError(directory, "holds no telemetry segments")
-    simulated = (telemetry["backend"] == "sim").any()
-    report.simulated |= bool(simulated)
-    report.heading(f"GPU telemetry: {directory}")
+    simulated = bool((telemetry["backend"] == "sim").any())
+    report.section(f"GPU telemetry: {report.display_path(directory)}", simulated)
     if simulated:
         report.banner("SIMULATED device: these traces come from wattlas's simulated GPU, not hardware.")
-    summary = summarize_telemetry(telemetry)
-    report.table(summary.drop(columns=["host"]), "Per GPU: energy and how it was measured (energy_method)", ",.1f")
-    report.figure(figures.telemetry_traces(telemetry), "Power and SM clock per GPU")
+    summary = summarize_telemetry(telemetry).drop(columns=["host"], errors="ignore")
+    summary, said = _hoist_constant(summary, ["gpu_name", "backend", "energy_method", "power_scope", "status"])
+    report.table(summary, _caption("Per GPU: energy (J) and power (W)", said), ",.1f")
+    report.figure(figures.telemetry_traces(telemetry), "Power (W) and SM clock (MHz) per GPU")
     windows = load_windows(directory)
     if not windows.empty:
         per_phase = windows.groupby("window", as_index=False).agg(
             windows=("run_id", "size"), gpu_seconds=("duration_s", "sum"), energy_j=("energy_j", "sum"),
-            methods=("energy_method", lambda m: ", ".join(sorted(set(m.dropna())))))
-        report.table(per_phase, "Energy per phase (all GPUs)", ",.1f")
-        report.figure(figures.phase_energy(windows), "Mean power per GPU in each phase")
+            energy_method=("energy_method", lambda m: ", ".join(sorted(set(m.dropna()))) or None))
+        per_phase["mean_power_per_gpu_w"] = per_phase["energy_j"] / per_phase["gpu_seconds"].where(per_phase["gpu_seconds"] > 0)
+        per_phase, said = _hoist_constant(per_phase, ["energy_method"])
+        report.table(per_phase, _caption("Energy per phase, all GPUs (J)", said), ",.1f")
+        report.figure(figures.phase_energy(windows), "Mean power per GPU in each phase (W)")
 
 
 def add_characterization(report: Report, bundle_path: Path, data_paths: list[Path], tbt_slo_s: float = 0.030) -> None:
-    """Add a model bundle's section: held-out errors per candidate, coefficients of the terms and
-    roofline models, predicted against measured on the measurement files ``data_paths`` (none: no
-    such plots), and adaptive chunk sizes for the TBT SLO ``tbt_slo_s`` (s) where the bundle has
-    prefill and decode latency models."""
+    """Add a model bundle's section: held-out errors per candidate, coefficients of the terms,
+    roofline and power models, predicted against measured on the measurement files ``data_paths``
+    (none: no such plots), and adaptive chunk sizes for the TBT SLO ``tbt_slo_s`` (s) where the
+    bundle has prefill and decode latency models."""
     from characterize.chunking import adaptive_chunks
     from characterize.importers import load_measurements
     from characterize.model_io import ModelBundle
 
     bundle = ModelBundle.load(bundle_path)
-    report.simulated |= bundle.simulated
-    report.heading(f"Latency and power models: {bundle_path.name}")
+    report.section(f"Latency and power models: {report.display_path(bundle_path)}", bundle.simulated)
     if bundle.simulated:
         report.banner("Fitted to SIMULATED profiles.")
     rows = []
@@ -60,23 +94,41 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
         for candidate, scores in result.items():
             if candidate == "selected" or not isinstance(scores, dict):
                 continue
-            rows.append({"model": name, "candidate": candidate, "selected": candidate == result.get("selected"),
+            rows.append({"model": name, "candidate": candidate, "selected": "selected" if candidate == result.get("selected") else "-",
                          "cv_mape_pct": scores.get("cv_mape"), "extrapolation_mape_pct": scores.get("extrapolation_mape")})
     if rows:
-        report.table(pd.DataFrame(rows).astype(object), "Held-out error: grouped 5-fold CV and 4x context extrapolation", ".2f")
+        report.table(pd.DataFrame(rows).astype(object), "Held-out error (%): grouped 5-fold CV and 4x context extrapolation "
+                     "(- : not evaluated)", ".2f")
+    power_formula_said = False
     for model in bundle.models:
+        where = f"{model.target}/{model.phase}"
         if model.kind == "terms":
-            coef = pd.DataFrame([{**g["key"], **dict(zip(model.terms, g["coef"])), "n": g["n"], "R2": g["rsquared"]}
+            coef = pd.DataFrame([{**g["key"], **dict(zip(model.terms, g["coef"])), "n": g["n"], "R2": g.get("rsquared")}
                                  for g in model.groups]).astype(object)
-            report.table(coef, f"{model.target}/{model.phase}: coefficients per group", ".4g")
+            report.table(coef, f"{where}: coefficients per group (latency in s)", ".4g")
         elif model.kind == "roofline":  # max(compute piece, memory piece); no memory piece: compute alone
             coef = pd.DataFrame([{**g["key"], **{f"compute {t}": c for t, c in zip(model.terms, g["coef"])},
                                   **{f"memory {t}": c for t, c in zip(model.memory_terms, g["memory_coef"] or [None] * len(model.memory_terms))},
                                   "n": g["n"]} for g in model.groups]).astype(object)
-            report.table(coef, f"{model.target}/{model.phase}: roofline pieces per group (latency = max of the two)", ".4g")
+            report.table(coef, f"{where}: roofline pieces per group (latency in s = max of the two; - : no memory piece)", ".4g")
+        elif model.kind == "power_saturating":
+            if not power_formula_said:  # the formula once, not in every caption
+                report.paragraph("Power models (W): P = p_idle_w + dynamic_w * s(f) * (1 - exp(-load / load0)), "
+                                 "s(f) = (f / f_ref) * (v0 + (1 - v0) * f / f_ref)^2; load in tokens of the iteration.", "note")
+                power_formula_said = True
+            coef = pd.DataFrame([{**g["key"], **dict(zip(g.get("param_names") or ["p_idle_w", "dynamic_w", "load0", "v0"], g["params"])),
+                                  "n": g.get("n")} for g in model.groups]).astype(object)
+            f_ref = getattr(model, "f_ref", None)
+            report.table(coef, f"{where}: power model per group (f_ref {f_ref:,.0f} MHz, load = {getattr(model, 'load_column', '-')})"
+                         if f_ref else f"{where}: power model per group", ".4g")
+        else:
+            trees = len(getattr(model, "trees", []) or [])
+            report.paragraph(f"{where}: {model.kind}, {trees:,} trees on {', '.join(getattr(model, 'features', []) or [])} "
+                             "(no coefficients to show)", "note")
     frames = [load_measurements(p) for p in data_paths]
     if frames:
         frame = pd.concat(frames, ignore_index=True)
+        names = {"latency_s": "latency (s)", "mean_power_w": "mean power (W)"}
         for target in ("latency_s", "mean_power_w"):
             parts = []
             for model in bundle.models:
@@ -87,7 +139,8 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
                     parts.append(rows_.assign(_pred=model.predict(rows_, strict=False)))
             if parts:
                 data = pd.concat(parts)
-                report.figure(figures.fit_diagnostics(data, data["_pred"].to_numpy(), target), f"Predicted vs measured {target}")
+                report.figure(figures.fit_diagnostics(data, data["_pred"].to_numpy(), target),
+                              f"Predicted vs measured {names[target]}, on {', '.join(report.display_path(p) for p in data_paths)}")
     if bundle.find("latency_s", "prefill") is not None and bundle.find("latency_s", "decode") is not None:
         prefixes = [0] + [int(x) for x in np.geomspace(1024, 1 << 20, 11)]
         try:
@@ -96,15 +149,52 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
             table = None
         if table is not None:
             report.heading(f"Mnemosyne adaptive chunking (TBT SLO {tbt_slo_s * 1000:.0f} ms, 32 decodes at KV 4096, TP1)", 3)
-            report.table(table.drop(columns=["tbt_slo_s"]), None, ",.4g")
-            report.figure(figures.chunk_curve(table), "Largest prefill chunk that keeps the TBT SLO, by KV prefix")
+            table = table.drop(columns=["tbt_slo_s"]).astype(object)
+            table.loc[table["chunk_tokens"] == 0, "chunk_tokens"] = None  # no chunk keeps the SLO: unknown, not 0
+            table, said = _hoist_constant(table, ["method"])
+            report.table(table, _caption("Largest chunk (tokens) within the SLO per KV prefix; latency in s; "
+                                         "- : even the smallest chunk misses the SLO", said), ",.4g")
+            report.figure(figures.chunk_curve(table), "Largest prefill chunk that keeps the TBT SLO, by KV prefix "
+                          "(prefixes where no chunk fits are left out)")
+
+
+# (key in summary.json, row label, scale, format) of the replay summary table
+SUMMARY_ROWS = [
+    ("policy_name", "policy", None, None), ("trace", "trace", None, None), ("rate_scale", "rate scale (x)", 1, ",.3g"),
+    ("requests", "requests", None, None), ("finished", "finished", None, None), ("dropped", "dropped", None, None),
+    ("instances", "instances", None, None), ("gpus", "GPUs", None, None), ("duration_s", "duration (s)", 1, ",.0f"),
+    ("ttft_p50_s", "TTFT p50 (ms)", 1e3, ",.1f"), ("ttft_p99_s", "TTFT p99 (ms)", 1e3, ",.1f"),
+    ("tbt_p50_s", "TBT p50 (ms)", 1e3, ",.2f"), ("tbt_p99_s", "TBT p99 (ms)", 1e3, ",.2f"),
+    ("e2e_p50_s", "E2E p50 (s)", 1, ",.3f"), ("e2e_p99_s", "E2E p99 (s)", 1, ",.3f"),
+    ("slo_attainment", "SLO attainment (%)", 100, ".2f"),
+    ("energy_kwh", "IT energy (kWh)", 1, ",.4f"), ("energy_busy_kwh", "IT energy busy (kWh)", 1, ",.4f"),
+    ("energy_idle_kwh", "IT energy idle (kWh)", 1, ",.4f"), ("facility_energy_kwh", "facility energy (kWh)", 1, ",.4f"),
+    ("peak_row_power_w", "peak cluster power (W)", 1, ",.0f"), ("row_power_p99_w", "cluster power p99 (W)", 1, ",.0f"),
+    ("energy_per_output_token_j", "energy per output token (J)", 1, ",.3f"),
+    ("carbon_kg", "carbon (kg CO2e)", 1, ",.4f"), ("gpu_hours", "GPU hours", 1, ",.3f"), ("cost_usd", "cost (USD)", 1, ",.2f"),
+]
+
+
+def _summary_cell(report: Report, key: str, value: object, summary: dict, scale, fmt):
+    if value is None:
+        return None
+    if key == "trace":
+        return mark(report.display_path(str(value)), synthetic=bool(summary.get("synthetic_trace")))
+    if isinstance(value, bool) or scale is None:
+        return value
+    try:
+        number = float(value) * scale
+    except (TypeError, ValueError):
+        return value
+    return None if not np.isfinite(number) else format(number, fmt)
 
 
 def add_replays(report: Report, run_dirs: list[Path], labels: list[str] | None = None, heading: str = "Trace replays") -> None:
     """Add a section comparing replay output directories (``wattlas replay run -o``): summaries side
-    by side, cluster power over time and its distribution, latency CDFs, and DynamoLLM plans and
-    savings.  ``labels`` name the runs (None: the directory names).  Raises
-    :class:`~toolkit.errors.InputError` for a directory without ``summary.json``."""
+    by side (latency percentiles, energy busy/idle and facility, cost), cluster power over time and
+    its distribution, latency CDFs, and DynamoLLM plans and savings.  ``labels`` name the runs
+    (None: the directory names).  Raises :class:`~toolkit.errors.InputError` for a directory
+    without ``summary.json``."""
     summaries, requests, timelines = {}, {}, {}
     for i, run in enumerate(run_dirs):
         label = labels[i] if labels else run.name
@@ -115,50 +205,115 @@ def add_replays(report: Report, run_dirs: list[Path], labels: list[str] | None =
         requests[label] = pd.read_parquet(run / "requests.parquet")
         timelines[label] = pd.read_parquet(run / "power_timeline.parquet")
     simulated = any(s.get("simulated_models") for s in summaries.values())
-    report.simulated |= simulated
-    report.heading(heading)
+    synthetic = any(s.get("synthetic_trace") for s in summaries.values())
+    report.section(heading, simulated)
     if simulated:
         report.banner("Replays use models fitted to SIMULATED profiles.")
-    if any(s.get("synthetic_trace") for s in summaries.values()):
-        report.paragraph("Traces marked synthetic were generated by wattlas trace synth.", "note")
-    keys = ["policy_name", "trace", "rate_scale", "requests", "finished", "dropped", "instances", "gpus", "ttft_p50_s", "ttft_p99_s", "tbt_p50_s",
-            "tbt_p99_s", "e2e_p50_s", "slo_attainment", "energy_kwh", "carbon_kg", "gpu_hours", "cost_usd",
-            "energy_per_output_token_j"]
-    table = pd.DataFrame({label: {k: s.get(k) for k in keys} for label, s in summaries.items()})
-    report.table(table.reset_index(names="quantity").astype(object), "Summary per run (columns)", ",.4g")
-    report.figure(figures.power_timelines(timelines), "Cluster power over time")
-    report.figure(figures.power_cdf(timelines), "Distribution of cluster power")
-    report.figure(figures.latency_cdfs(requests), "Latency distributions")
+    if synthetic:
+        report.paragraph(Markup(mark("Traces marked", synthetic=True) + mark(" were generated by wattlas trace synth, not recorded.")),
+                         "note")
+    rows = []
+    for key, name, scale, fmt in SUMMARY_ROWS:
+        if not any(key in s for s in summaries.values()):
+            continue
+        rows.append({"quantity": name, **{label: _summary_cell(report, key, s.get(key), s, scale, fmt) for label, s in summaries.items()}})
+    columns = ["quantity", *summaries]
+    for start in range(0, len(summaries), 4):  # four runs a table at most: a wide comparison is split, not scrolled
+        part = columns[:1] + columns[1 + start:1 + start + 4]
+        report.table(pd.DataFrame(rows, columns=columns)[part].astype(object), "Summary per run (- : not in this run's summary)")
+    report.figure(figures.power_timelines(timelines), "Cluster power over time (W, smoothed)")
+    report.figure(figures.power_cdf(timelines), "Distribution of cluster power over time (W)")
+    report.figure(figures.latency_cdfs(requests), "Latency distributions (finished requests)")
     for label, s in summaries.items():
         policy = s.get("policy") or {}
         if policy.get("name") == "dynamollm":
             classes = pd.DataFrame(policy["classes"])
             for column in ("clocks_used", "tps_used"):
-                classes[column] = classes[column].astype(str)
+                if column in classes:
+                    classes[column] = classes[column].map(_join_values)
+            classes = classes.rename(columns={"clocks_used": "clocks_used_mhz"})
             report.table(classes.astype(object), f"{label}: DynamoLLM plan per request class", ",.3g")
         if "savings_vs_baseline" in s:
-            report.key_values({f"{k.replace('_pct', '')} saved (%)": v for k, v in s["savings_vs_baseline"].items()},
-                              f"{label}: savings against the static baseline")
+            report.key_values({k.replace("_pct", ""): _saving(v) for k, v in s["savings_vs_baseline"].items()},
+                              f"{label}: against the static baseline")
+    if any((s.get("policy") or {}).get("name") == "dynamollm" for s in summaries.values()):
+        report.paragraph("Not shown yet: a DynamoLLM timeline of clock and active instances per class (the replay output "
+                         "does not record it).", "note")
 
 
-def add_polca(report: Report, table_csv: Path) -> None:
-    """Add the section of a ``wattlas replay polca-search`` CSV: the table, and latency impact and
-    capping time by servers added."""
+def _join_values(value) -> str | None:
+    """A list of plan values as text: "1, 2" or "1,410, 1,980" (integers shown without ".0")."""
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    return ", ".join(f"{float(v):,.0f}" if float(v).is_integer() else f"{float(v):,.4g}" for v in values) or None
+
+
+def _saving(value) -> str | None:
+    """A saving in percent as words: "saves 30.2 %", "costs 4.1 % more", "no change"."""
+    try:
+        pct = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(pct):
+        return None
+    if abs(pct) < 0.05:
+        return "no change"
+    return f"saves {pct:.1f} %" if pct > 0 else f"costs {-pct:.1f} % more"
+
+
+def add_polca(report: Report, table_csv: Path, simulated: bool = False) -> None:
+    """Add the section of a ``wattlas replay polca-search`` CSV: capping per servers added,
+    latency impact per priority, and the impact and capping time plotted by servers added.
+    ``simulated``: the replays used models fitted to simulated profiles (marks the section)."""
     table = pd.read_csv(table_csv)
-    report.heading("POLCA power oversubscription")
+    report.section("POLCA power oversubscription", simulated)
     report.paragraph("Each row adds servers (and proportional load) to a row with a fixed power budget; impact compares "
                      "the capped replay to the same servers without a power limit.", "note")
-    report.table(table.astype(object), "Servers added, capping and latency impact per priority", ",.4g")
-    report.figure(figures.polca_impact(table), "p99 end-to-end latency impact and capping time by servers added")
+    table, said = _hoist_constant(table, ["budget_w"])
+    said = said.replace("budget_w: ", "row power budget (W): ")
+    power_cols = [c for c in ("servers_added", "servers", "peak_row_power_uncapped_w", "peak_row_power_capped_w", "over_budget_s",
+                              "capping_events", "capped_low_s", "capped_all_s", "budget_w") if c in table]
+    report.table(table[power_cols].astype(object), _caption("Row power (W) and capping per servers added; times in s", said), ",.0f")
+    impact = table[["servers_added"]].copy()
+    for column in table.columns:
+        if "_impact_" in column:
+            impact[column.replace("_impact_", " E2E ")] = table[column].map(_signed_pct)
+    for column in ("energy_kwh", "within_bounds"):
+        if column in table:
+            impact[column] = table[column].map(lambda v: v if not isinstance(v, (bool, np.bool_)) else ("yes" if v else "no"))
+    report.table(impact.astype(object), "Latency change against the uncapped replay per priority, energy and whether "
+                 "within the latency bounds", ",.4f")
+    report.figure(figures.polca_impact(pd.read_csv(table_csv)), "p99 end-to-end latency change and capping time by servers added")
+    report.paragraph("Not shown yet: row power against the budget over time with capping events (the search output "
+                     "does not record the timeline).", "note")
 
 
-def add_longctx(report: Report, table_csv: Path) -> None:
-    """Add the section of a ``wattlas replay longctx`` CSV: the table, and TTFT and TBT against
-    context length per configuration."""
+def add_longctx(report: Report, table_csv: Path, simulated: bool = False) -> None:
+    """Add the section of a ``wattlas replay longctx`` CSV: the table with the reason of every
+    dropped run, and TTFT and TBT against context length per configuration.  ``simulated``: the
+    sweep used models fitted to simulated profiles (marks the section)."""
     table = pd.read_csv(table_csv)
-    report.heading("Mnemosyne: long-context TTFT and TBT")
+    report.section("Mnemosyne: long-context TTFT and TBT", simulated)
     report.paragraph("One long request arrives amid a steady stream of short ones. decode_tbt_max_s is the worst gap a "
                      "short request alive during the long prefill saw; long_tbt_mean_s the long request's own time "
-                     "between tokens. Dropped: the KV did not fit the instance.", "note")
-    report.table(table.drop(columns=["drop_reason"]).astype(object), None, ",.4g")
-    report.figure(figures.longctx(table), "TTFT and TBT against context length per configuration")
+                     "between tokens. Dropped: the KV did not fit the instance (the reason is given; its times are -).", "note")
+    table = table.astype(object)
+    if "dropped" in table:
+        table["dropped"] = table["dropped"].map(lambda v: "yes" if str(v).strip().lower() in ("true", "1") else "no")
+    table, said = _hoist_constant(table, ["tbt_slo_s"])
+    said = said.replace("tbt_slo_s: ", "TBT SLO (s): ")
+    keys = [c for c in ("config", "context_tokens") if c in table]
+    reasons = table.pop("drop_reason") if "drop_reason" in table else None
+    timing = [c for c in ("gpus", "ttft_s", "long_tbt_mean_s", "decode_tbt_max_s", "short_ttft_p50_s", "short_ttft_p99_s", "dropped")
+              if c in table]
+    report.table(table[keys + timing], _caption("Per configuration and context length; times in s", said), ",.4g")
+    rest = [c for c in table.columns if c not in keys + timing and c != "long_tbt_s"]  # long_tbt_s: long_tbt_mean_s again
+    if rest:
+        report.table(table[keys + rest], "Parallelism, KV capacity and short requests during the long prefill", ",.4g")
+    if reasons is not None:
+        dropped = table[keys].assign(reason=reasons)[reasons.map(lambda r: isinstance(r, str) and r.strip() != "")]
+        if len(dropped):
+            report.table(dropped, "Why runs were dropped")
+    report.figure(figures.longctx(pd.read_csv(table_csv)), "TTFT and TBT against context length per configuration "
+                  "(dashed: the TBT SLO; dropped runs have no point)")

@@ -29,7 +29,8 @@ def collection(directory: Path, output: Path) -> None:
     from .html import Report
 
     ensure_writable_file(output)  # fail before building the report
-    rep = Report("wattlas collection report", subtitle=str(directory))
+    rep = Report("wattlas collection report", base=output.parent)
+    rep.subtitle = rep.display_path(directory)
     add_collection(rep, directory)
     _write(rep, output)
 
@@ -47,7 +48,8 @@ def characterization(bundle: Path, data_paths: tuple[Path, ...], tbt_slo: float,
     from .html import Report
 
     ensure_writable_file(output)  # fail before building the report
-    rep = Report("wattlas characterization report", subtitle=str(bundle))
+    rep = Report("wattlas characterization report", base=output.parent)
+    rep.subtitle = rep.display_path(bundle)
     add_characterization(rep, bundle, list(data_paths), tbt_slo)
     _write(rep, output)
 
@@ -63,6 +65,7 @@ def replay_report(runs: tuple[Path, ...], output: Path) -> None:
     from .html import Report
 
     ensure_writable_file(output)  # fail before building the report
-    rep = Report("wattlas replay report", subtitle=", ".join(map(str, runs)))
+    rep = Report("wattlas replay report", base=output.parent)
+    rep.subtitle = ", ".join(rep.display_path(r) for r in runs)
     add_replays(rep, list(runs))
     _write(rep, output)

@@ -26,7 +26,59 @@ matplotlib.rcParams["text.parse_math"] = False
 
 
 def _fig(width=9.0, height=3.6):
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(figsize=(width, height), layout="constrained")
+
+
+def plain_number(value: float) -> str:
+    """A tick label for people: 0.01, 0.5, 20, 1,500, 20k, 1M (never "2x10^2" or mathtext)."""
+    if value == 0 or not np.isfinite(value):
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1e6:
+        return f"{value / 1e6:g}M"
+    if magnitude >= 1e4:
+        return f"{value / 1e3:g}k"
+    if magnitude >= 1:
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3g}"
+    return f"{value:.3g}"
+
+
+def plain_log(ax, x: bool = False, y: bool = False) -> None:
+    """Log axes with plain-number labels at 1, 2 and 5 of each decade (no minor labels).  Call
+    after the scale is set (setting a scale resets the formatters)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis, on, limits in ((ax.xaxis, x, ax.get_xlim), (ax.yaxis, y, ax.get_ylim)):
+        if on:
+            lo, hi = sorted(limits())
+            decades = np.log10(hi / lo) if lo > 0 and hi > 0 else 0.0
+            subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,) if decades > 4 else (1.0, 3.0)  # labels that never touch
+            axis.set_major_locator(LogLocator(base=10, subs=subs))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: plain_number(v)))
+            axis.set_minor_formatter(NullFormatter())
+
+
+def plain_linear(ax, x: bool = False, y: bool = False) -> None:
+    """Linear axes labelled with thousands separators (1,500 W), never an offset or 1e3 factor."""
+    from matplotlib.ticker import FuncFormatter
+
+    for axis, on in ((ax.xaxis, x), (ax.yaxis, y)):
+        if on:
+            axis.set_major_formatter(FuncFormatter(lambda v, _: plain_number(v) if abs(v) >= 1e4 else f"{v:,.4g}"))
+
+
+def _legend_outside(ax, title: str | None = None) -> None:
+    """The axes' legend to the right of the plot, in columns when long, so it covers no data."""
+    options = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title_fontsize="small", frameon=False)
+    legend = ax.get_legend()
+    if legend is not None:  # seaborn's (its handles are proxies, not the axes' labelled artists)
+        n = len(legend.get_texts())
+        sns.move_legend(ax, title=title if title is not None else legend.get_title().get_text(),
+                        ncol=1 if n <= 8 else 2, **options)
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, title=title, ncol=1 if len(labels) <= 8 else 2, **options)
 
 
 def telemetry_traces(frame: pd.DataFrame) -> Figure:
@@ -35,9 +87,10 @@ def telemetry_traces(frame: pd.DataFrame) -> Figure:
     data["t_s"] = (data["t_mono_ns"] - data["t_mono_ns"].min()) / 1e9
     data["power_w"] = data["power_instant_w"].where(data["power_instant_w"].notna(), data["power_avg_w"])
     data["GPU"] = data["gpu_index"].astype(str)
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5.2), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(9.5, 5.2), sharex=True, layout="constrained")
     sns.lineplot(data=data, x="t_s", y="power_w", hue="GPU", ax=axes[0], linewidth=1)
     sns.lineplot(data=data, x="t_s", y="sm_clock_mhz", hue="GPU", ax=axes[1], linewidth=1, legend=False)
+    _legend_outside(axes[0], "GPU")  # beside the power plot: never over the clock plot, however many GPUs
     axes[0].set_ylabel("power (W)")
     axes[1].set_ylabel("SM clock (MHz)")
     axes[1].set_xlabel("time (s)")
@@ -51,33 +104,47 @@ def phase_energy(windows: pd.DataFrame) -> Figure:
     data["GPU"] = data["gpu_index"].astype(str)
     fig, ax = _fig(7, 3.2)
     sns.barplot(data=data, x="window", y="mean_power_w", hue="GPU", ax=ax)
-    ax.set_ylabel("mean power (W)")
+    _legend_outside(ax, "GPU")
+    ax.set_ylabel("mean power per GPU (W)")
     ax.set_xlabel("phase")
     return fig
 
 
+UNITS = {"latency_s": ("latency", "s"), "mean_power_w": ("mean power", "W")}
+
+
 def fit_diagnostics(frame: pd.DataFrame, predicted: np.ndarray, target: str) -> Figure:
-    """Predicted vs measured, per phase, log-log with the y = x line."""
+    """Predicted vs measured, per phase, with the y = x line: latency on log axes (it spans
+    decades), power on linear axes in W (it spans less than one)."""
     data = frame.assign(predicted=predicted).dropna(subset=["predicted", target])
-    fig, ax = _fig(6.5, 5.0)
+    name, unit = UNITS.get(target, (target, ""))
+    fig, ax = _fig(7.5, 5.0)
     sns.scatterplot(data=data, x=target, y="predicted", hue="phase", s=14, alpha=0.6, ax=ax, linewidth=0)
     lo, hi = data[[target, "predicted"]].min().min(), data[[target, "predicted"]].max().max()
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"measured {target}")
-    ax.set_ylabel(f"predicted {target}")
+    if target == "latency_s":
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        plain_log(ax, x=True, y=True)
+    else:
+        plain_linear(ax, x=True, y=True)
+    _legend_outside(ax, "phase")
+    suffix = f" ({unit})" if unit else ""
+    ax.set_xlabel(f"measured {name}{suffix}")
+    ax.set_ylabel(f"predicted {name}{suffix}")
     return fig
 
 
 def chunk_curve(table: pd.DataFrame) -> Figure:
     """Adaptive chunk size against KV prefix."""
-    fig, ax = _fig(7, 3.4)
-    data = table[table["prefix_tokens"] > 0]
+    fig, ax = _fig(7.5, 3.4)
+    data = table[(table["prefix_tokens"] > 0) & (pd.to_numeric(table["chunk_tokens"], errors="coerce") > 0)]
     sns.lineplot(data=data, x="prefix_tokens", y="chunk_tokens", marker="o", ax=ax)
     ax.set_xscale("log")
+    plain_log(ax, x=True)
+    plain_linear(ax, y=True)
     ax.set_xlabel("KV prefix (tokens)")
-    ax.set_ylabel("largest chunk within TBT SLO")
+    ax.set_ylabel("largest chunk (tokens)")
     return fig
 
 
@@ -86,10 +153,11 @@ def power_timelines(timelines: dict[str, pd.DataFrame]) -> Figure:
     fig, ax = _fig()
     for label, timeline in timelines.items():
         t_s, power_w = _smoothed_cluster_power(cluster_power(timeline))
-        ax.plot(t_s, power_w / 1000, label=label, linewidth=1)
+        ax.plot(t_s, power_w, label=label, linewidth=1)
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("cluster power (kW)")
-    ax.legend(loc="best", fontsize="small")
+    ax.set_ylabel("cluster power (W)")  # W, as in every other figure and table
+    plain_linear(ax, x=True, y=True)
+    _legend_outside(ax, "run")
     return fig
 
 
@@ -123,9 +191,13 @@ def latency_cdfs(requests: dict[str, pd.DataFrame]) -> Figure:
     frames = [df.assign(run=label) for label, df in requests.items()]
     data = pd.concat(frames, ignore_index=True)
     data = data[~data["dropped"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    sns.ecdfplot(data=data, x="ttft_s", hue="run", ax=axes[0], log_scale=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), layout="constrained")
+    sns.ecdfplot(data=data, x="ttft_s", hue="run", ax=axes[0], log_scale=True, legend=False)
     sns.ecdfplot(data=data.dropna(subset=["tbt_mean_s"]), x="tbt_mean_s", hue="run", ax=axes[1], log_scale=True)
+    for ax in axes:
+        plain_log(ax, x=True)
+        ax.set_ylabel("fraction of requests")
+    _legend_outside(axes[1], "run")
     axes[0].set_xlabel("TTFT (s)")
     axes[1].set_xlabel("mean TBT per request (s)")
     return fig
@@ -136,9 +208,12 @@ def power_cdf(timelines: dict[str, pd.DataFrame]) -> Figure:
     included: each stretch of constant power weighs its duration."""
     frames = [cluster_power(t).assign(run=label) for label, t in timelines.items()]
     data = pd.concat(frames, ignore_index=True)
-    fig, ax = _fig(7, 3.4)
+    fig, ax = _fig(9, 3.4)
     sns.ecdfplot(data=data, x="power_w", hue="run", weights="duration_s", ax=ax)
+    _legend_outside(ax, "run")
+    plain_linear(ax, x=True)
     ax.set_xlabel("cluster power (W)")
+    ax.set_ylabel("fraction of time")
     return fig
 
 
@@ -148,27 +223,39 @@ def polca_impact(table: pd.DataFrame) -> Figure:
                         var_name="priority", value_name="impact")
     impact["priority"] = impact["priority"].str.replace("p99_impact_", "")
     impact["impact_pct"] = impact["impact"] * 100
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.4), layout="constrained")
     sns.lineplot(data=impact, x="servers_added", y="impact_pct", hue="priority", marker="o", ax=axes[0])
-    axes[0].set_ylabel("p99 E2E impact (%)")
+    axes[0].set_ylabel("p99 E2E latency change (%)")
+    axes[0].set_xlabel("servers added")
+    axes[0].xaxis.get_major_locator().set_params(integer=True)
+    _legend_outside(axes[0], "priority")
     caps = table.melt(id_vars="servers_added", value_vars=["capped_low_s", "capped_all_s"], var_name="cap", value_name="seconds")
+    caps["cap"] = caps["cap"].map({"capped_low_s": "low priority capped", "capped_all_s": "all capped"})
     sns.barplot(data=caps, x="servers_added", y="seconds", hue="cap", ax=axes[1])
     axes[1].set_ylabel("time capped (s)")
+    axes[1].set_xlabel("servers added")
+    _legend_outside(axes[1], None)
     return fig
 
 
 def longctx(table: pd.DataFrame) -> Figure:
-    """TTFT, co-batched decode TBT and the long request's TBT against context, per configuration."""
+    """TTFT, co-batched decode TBT and the long request's TBT against context, per configuration
+    (dropped runs, whose KV did not fit, have no point; the table gives the reason)."""
     data = table[~table["dropped"].astype(bool)]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
     for ax, column, label in zip(axes, ["ttft_s", "decode_tbt_max_s", "long_tbt_mean_s"],
-                                 ["TTFT (s)", "worst decode gap during prefill (s)", "long request TBT (s)"]):
+                                 ["TTFT (s)", "worst decode gap (s)", "long request TBT (s)"]):
         sns.lineplot(data=data, x="context_tokens", y=column, hue="config", marker="o", ax=ax, legend=ax is axes[0])
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain_log(ax, x=True, y=True)
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel(label)
     if len(data):
-        axes[1].axhline(data["tbt_slo_s"].iloc[0], color="black", linewidth=0.8, linestyle="--")
-    axes[0].legend(fontsize="x-small")
+        axes[1].axhline(data["tbt_slo_s"].iloc[0], color="black", linewidth=0.8, linestyle="--", label="TBT SLO")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if axes[0].get_legend() is not None:
+        axes[0].get_legend().remove()
+    if handles:  # one legend for the three plots, below them: it covers no data
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize="small", frameon=False)
     return fig

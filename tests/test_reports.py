@@ -1,10 +1,12 @@
 """Reports: escaping, self-containment, and a real headless-Chromium render."""
 
+import html
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,13 +26,72 @@ def _chromium():
     return path
 
 
-def render_in_chromium(html_path):
-    """(DOM after load, console lines) from headless Chromium."""
+WIDTH = 1400  # the window a fleet engineer reads the report in
+
+# Injected into a copy of the page: after load, every element that is wider inside than its box
+# (scrollWidth > clientWidth) and does not clip is a sideways scroll (overflow auto/scroll) or
+# spills out of its box (overflow visible); so is a document wider than the window.  The
+# offenders are written into the DOM, which --dump-dom returns.
+LAYOUT_SCRIPT = """
+window.addEventListener('load', function () {
+  var out = [], els = document.body.getElementsByTagName('*');
+  for (var i = 0; i < els.length; i++) {
+    var el = els[i], cs = getComputedStyle(el);
+    if (cs.display === 'inline' || cs.display === 'none' || el.tagName === 'SCRIPT') continue;
+    if (cs.overflowX === 'hidden' || cs.overflowX === 'clip') continue;
+    if (el.scrollWidth > el.clientWidth + 1) {
+      out.push(el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' ' + el.scrollWidth + '>' +
+               el.clientWidth + ' overflow-x:' + cs.overflowX + ' "' + (el.textContent || '').trim().slice(0, 80) + '"');
+    }
+  }
+  var d = document.documentElement;
+  if (d.scrollWidth > d.clientWidth) out.push('document ' + d.scrollWidth + '>' + d.clientWidth);
+  var pre = document.createElement('pre');
+  pre.id = 'layout-check';
+  pre.setAttribute('data-viewport', String(d.clientWidth));
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+"""
+
+
+def _chromium_cmd(profile, *args):
+    return [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+            f"--user-data-dir={profile}", f"--window-size={WIDTH},900", *args]
+
+
+def sideways_scrolling(html_path, tmp_path):
+    """(viewport width, [elements that scroll or spill sideways]) of ``html_path`` in Chromium at
+    WIDTH px: the page is copied with LAYOUT_SCRIPT added and its DOM dumped after load."""
+    import json
+
+    page = tmp_path / "layout_check.html"
+    page.write_text(html_path.read_text().replace("</body>", f"<script>{LAYOUT_SCRIPT}</script></body>"))
+    dom, console = render_in_chromium(page)
+    assert console == [], console
+    found = re.search(r'<pre id="layout-check" data-viewport="(\d+)">(.*?)</pre>', dom, re.S)
+    assert found, "the layout check did not run"
+    return int(found.group(1)), json.loads(html.unescape(found.group(2)))
+
+
+def screenshot(html_path, png_path, height=20000):
+    """A screenshot of ``html_path`` at WIDTH px wide, ``height`` px tall (for people to look at)."""
     profile = tempfile.mkdtemp()
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-           "--dump-dom", html_path.as_uri()]
+    try:
+        subprocess.run(_chromium_cmd(profile, "--virtual-time-budget=5000", f"--window-size={WIDTH},{height}",
+                                     f"--screenshot={png_path}", html_path.as_uri()),
+                       capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    return png_path
+
+
+def render_in_chromium(html_path):
+    """(DOM after load, console lines) from headless Chromium, in a WIDTH px wide window."""
+    profile = tempfile.mkdtemp()
+    cmd = _chromium_cmd(profile, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+                        "--dump-dom", html_path.as_uri())
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     finally:
@@ -76,13 +137,98 @@ def test_browser_test_detects_console_errors(tmp_path):
 
 def test_demo_report_renders_in_chromium(demo_output):
     report = demo_output[0] / "report.html"
-    html = report.read_text()
-    n_figures = html.count("<img ")
+    text = report.read_text()
+    n_figures = text.count("<img ")
     assert n_figures >= 7
     dom, console = render_in_chromium(report)
-    assert f"[figures ok: {n_figures}/{n_figures}]" in dom
+    assert f"[figures ok: {n_figures}/{n_figures}]" in dom  # every figure decoded
     assert console == []
     assert "SIMULATED" in dom
+
+
+def test_browser_layout_check_catches_sideways_scrolling(tmp_path):
+    """The check fails a page with a wide table in a scrolling box and a long unbreakable string."""
+    bad = tmp_path / "bad.html"
+    wide = "<tr>" + "".join(f"<td>/a/very/long/absolute/path/column_{i}.parquet</td>" for i in range(12)) + "</tr>"
+    bad.write_text('<!DOCTYPE html><html><body style="max-width:1100px;margin:auto">'
+                   f'<div style="overflow-x:auto"><table>{wide}</table></div>'
+                   f'<p>{"x" * 400}</p></body></html>')
+    viewport, offenders = sideways_scrolling(bad, tmp_path)
+    assert 1300 <= viewport <= WIDTH
+    assert any(o.startswith("div ") and "overflow-x:auto" in o for o in offenders), offenders
+    assert any(o.startswith("p ") for o in offenders), offenders
+    assert any(o.startswith("document ") for o in offenders), offenders
+
+
+def _sections(dom):
+    """(heading text, section HTML) of every <section> of a report's DOM."""
+    return [(re.sub(r"<[^>]+>", "", m.group(1)), m.group(0))
+            for m in re.finditer(r"<section[^>]*><h2>(.*?)</h2>.*?</section>", dom, re.S)]
+
+
+def test_demo_report_fits_1400px_and_marks_simulated(demo_output, tmp_path):
+    """The demo report (everything in it simulated) in Chromium at 1400 px: nothing scrolls sideways,
+    every section and every figure is marked [SIMULATED], synthetic traces are marked, unknowns
+    are dashes, and no absolute path of the machine appears."""
+    out = demo_output[0]
+    report = out / "report.html"
+    viewport, offenders = sideways_scrolling(report, tmp_path)
+    assert 1300 <= viewport <= WIDTH
+    assert offenders == []
+
+    dom, _ = render_in_chromium(report)
+    sections = _sections(dom)
+    assert len(sections) >= 6  # collection, models, two replays, POLCA, Mnemosyne
+    for heading, body in sections:
+        assert "[SIMULATED]" in heading, heading
+        for caption in re.findall(r"<figcaption>(.*?)</figcaption>", body, re.S):
+            assert "[SIMULATED]" in caption, (heading, caption)
+    n_figures = dom.count("<img ")
+    assert sum(s[1].count("<img ") for s in sections) == n_figures  # no figure outside a section
+    replays = [body for heading, body in sections if "replay" in heading.lower() or "DynamoLLM" in heading]
+    assert replays and all("[synthetic trace]" in body for body in replays)
+
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", dom, re.S)
+    assert not [c for c in cells if c.strip().lower() in ("nan", "none", "null", "true", "false")]
+    assert "–" in cells  # unknowns are dashes (e.g. no chunk fits the SLO at 1M prefix)
+
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", report.read_text())
+    for absolute in {str(out), str(out.resolve()), str(Path(__file__).resolve().parents[1]), str(Path.home())}:
+        assert absolute not in text, absolute
+    assert not re.search(r"(?<![\w.])/(?:tmp|home|work|root|Users|var|mnt|opt|srv)/", text)
+
+    png = screenshot(report, tmp_path / "report_1400.png")
+    assert png.exists() and png.stat().st_size > 10_000
+    if os.environ.get("WATTLAS_REPORT_SCREENSHOT"):  # keep it to look at
+        shutil.copy(png, os.environ["WATTLAS_REPORT_SCREENSHOT"])
+
+
+def test_simulated_figures_carry_the_mark_in_the_image():
+    import matplotlib.pyplot as plt
+
+    report = Report("t")
+    report.section("measured", simulated=False)
+    fig, ax = plt.subplots()
+    report.figure(fig, "real")
+    assert not any("[SIMULATED]" in t.get_text() for t in fig.texts)
+    report.section("model", simulated=True)
+    fig, ax = plt.subplots()
+    report.figure(fig, "sim")
+    assert any(t.get_text() == "[SIMULATED]" for t in fig.texts)
+    page = report.render()
+    assert page.count("<section") == 2 and page.count("</section>") == 2
+    assert "<figcaption>[SIMULATED] sim</figcaption>" in page and "<figcaption>real</figcaption>" in page
+
+
+def test_table_cells_for_people():
+    report = Report("t", base=Path("/srv/out"))
+    report.table(pd.DataFrame({"a": [True, False, None], "b": [np.nan, "nan", "None"], "c": [np.int64(1234), 0, 2.5]}).astype(object))
+    page = report.render()
+    assert '<td class="n">yes</td>' in page and '<td class="n">no</td>' in page
+    assert page.count('<td class="n">&ndash;</td>') == 4  # None, NaN, "nan", "None": a dash, never 0 or the word
+    assert '<td class="n">1,234</td>' in page and '<td class="n">0</td>' in page
+    assert report.display_path("/srv/out/run1/summary.json") == "run1/summary.json"
+    assert report.display_path("/elsewhere/deep/trace.parquet") == "trace.parquet"
 
 
 TEX_LIKE = r"phase $\frac{$"  # two dollars: matplotlib parsed it as mathtext and raised

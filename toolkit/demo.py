@@ -54,14 +54,18 @@ def _write_report(out: Path, bundle: Path) -> None:
     from reports.html import Report
 
     click.echo("writing the HTML report ...")
-    report = Report("wattlas demo report", subtitle="simulated device, simulated llama3-8b profile, synthetic sample traces")
+    from characterize.model_io import ModelBundle
+
+    simulated = ModelBundle.load(bundle).simulated
+    report = Report("wattlas demo report", subtitle="simulated device, simulated llama3-8b profile, synthetic sample traces",
+                    base=out)  # paths shown relative to the report's directory
     add_collection(report, out / "collection")
     add_characterization(report, bundle, [out / "profile_sim_llama3-8b.parquet"])
     add_replays(report, [out / "replay_synth_conv_1h", out / "replay_synth_code_1h"])
     add_replays(report, [out / "dynamollm_conv_x8_baseline", out / "dynamollm_conv_x8"],
                 heading="DynamoLLM vs static baseline (synth_conv_1h at 8x rate, same GPUs)")
-    add_polca(report, out / "polca_search.csv")
-    add_longctx(report, out / "mnemosyne_longctx.csv")
+    add_polca(report, out / "polca_search.csv", simulated=simulated)
+    add_longctx(report, out / "mnemosyne_longctx.csv", simulated=simulated)
     path = report.save(out / "report.html")
     click.echo(f"wrote {path} ({report.figures} figures, self-contained)")
 
