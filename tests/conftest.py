@@ -72,3 +72,16 @@ def document_paths(data, prefix=()) -> list[tuple[tuple, object]]:
         for i, v in enumerate(data):
             out += document_paths(v, prefix + (i,))
     return out
+
+
+def mutate_document(data, pick: int, action: str, value: object) -> None:
+    """Delete, or replace with ``value``, the entry ``pick`` (modulo their count) of a parsed document."""
+    paths = [path for path, _ in document_paths(data)]
+    path = paths[pick % len(paths)]
+    parent = data
+    for part in path[:-1]:
+        parent = parent[part]
+    if action == "delete":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value

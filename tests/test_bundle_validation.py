@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from characterize.model_io import ModelBundle
 from toolkit.errors import InputError, WattlasError
 
-from .conftest import document_paths, one_error_line
+from .conftest import mutate_document, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -313,15 +313,7 @@ def _usable(bundle: ModelBundle) -> None:
 @given(pick=st.integers(0, 10**9), action=st.sampled_from(["replace", "replace", "delete"]), value=VALUES)
 def test_mutated_bundles_load_or_fail_as_input_errors(tmp_path, monkeypatch, bundle_json, pick, action, value):
     data = copy.deepcopy(bundle_json)
-    paths = [path for path, _ in document_paths(data)]
-    path = paths[pick % len(paths)]
-    parent = data
-    for part in path[:-1]:
-        parent = parent[part]
-    if action == "delete":
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
+    mutate_document(data, pick, action, value)
     monkeypatch.chdir(tmp_path)
     write(tmp_path, data)
     try:

@@ -16,7 +16,7 @@ from replay.policies.polca import PolcaController
 from toolkit.errors import InputError, WattlasError
 from toolkit.validation import MAX_TOKENS
 
-from .conftest import document_paths, one_error_line
+from .conftest import mutate_document, one_error_line
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TEXTS = {name: (EXAMPLES / name).read_text() for name in ("cluster.toml", "polca_row.toml")}
@@ -323,15 +323,7 @@ def _load_mutated(tmp_path, name: str, data: dict):
        value=SCALARS)
 def test_mutated_cluster_settings_load_or_fail_as_input_errors(tmp_path, name, pick, action, value):
     data = tomllib.loads(TEXTS[name])
-    paths = document_paths(data)
-    path, _ = paths[pick % len(paths)]
-    parent = data
-    for part in path[:-1]:
-        parent = parent[part]
-    if action == "delete":
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
+    mutate_document(data, pick, action, value)
     _load_mutated(tmp_path, name, data)
 
 

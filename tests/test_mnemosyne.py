@@ -1,9 +1,7 @@
 """Mnemosyne as the paper runs it: KV capacity from the model, SPP decode accounting, KVP, `replay longctx`."""
 
 import json
-import math
 
-import numpy as np
 import pytest
 
 from replay.config import PP_TRANSFER_S, ClusterConfig, PoolConfig, cluster_from_dict
