@@ -86,7 +86,8 @@ def test_daemon_serves_a_scrape_endpoint(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "collect", "daemon", "--backend", "sim", "--sim-gpus", "2",
-                             "--period", "0.05", "--flush", "0.1", "--prom-port", str(port), "-o", str(tmp_path / "d")],
+                             "--period", "0.05", "--flush", "0.1", "--prom-port", str(port), "--prom-addr", "127.0.0.1",
+                             "-o", str(tmp_path / "d")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120  # a bound for a slow machine, not a speed check
