@@ -67,7 +67,7 @@ def fit(inputs: tuple[Path, ...], output: Path, fmt: str, where: tuple[str, ...]
                 "simulated": simulated, "gpu_name": sorted(frame["gpu_name"].dropna().astype(str).unique().tolist()),
                 "model": sorted(frame["model"].dropna().astype(str).unique().tolist())}
     bundle = fit_bundle(frame, metadata, list(phases) or None, tree_estimators, progress=lambda m: click.echo(m, err=True))
-    for reason in bundle.metadata.get("skipped", []):
+    for reason in bundle.metadata.get("skipped", []) + bundle.metadata.get("warnings", []):
         click.echo(f"warning: {reason}", err=True)
     if not bundle.models:  # an empty bundle would only fail later, in predict or replay
         raise InputError(inputs[0] if len(inputs) == 1 else ", ".join(map(str, inputs)),
@@ -78,22 +78,32 @@ def fit(inputs: tuple[Path, ...], output: Path, fmt: str, where: tuple[str, ...]
     click.echo(f"wrote {output}")
 
 
+SCORE_NAMES = (("cv_mape", "cv"), ("extrapolation_mape", "context extrapolation"), ("tp_transfer_mape", "TP transfer"))
+
+
 def _format_validation(bundle) -> str:
+    """The bundle's validation report for people: per model the selected candidate and every
+    candidate's held-out scores (diagnostics marked: scored, never selected)."""
     label = " [SIMULATED data]" if bundle.simulated else ""
     lines = [f"model bundle{label}: {len(bundle.models)} models"]
+    held = bundle.identities()
+    if held:
+        lines.append("  holds " + "; ".join(f"{name}: {', '.join(values)}" for name, values in held.items())
+                     + " (predict and replay need --gpu/--model, or `characterize select`)")
     for name, report in bundle.validation.items():
         parts = []
         for candidate, scores in report.items():
             if candidate == "selected" or not isinstance(scores, dict):
                 continue
-            cv, ex = scores.get("cv_mape"), scores.get("extrapolation_mape")
-            text = f"{candidate}: cv {cv:.2f}%" if cv is not None else f"{candidate}: cv n/a"
-            if ex is not None:
-                text += f", extrapolation {ex:.2f}%"
             if "error" in scores:
-                text = f"{candidate}: {scores['error']}"
-            parts.append(text)
+                parts.append(f"{candidate}: {scores['error']}")
+                continue
+            shown = [f"{label} {scores[key]:.2f}%" for key, label in SCORE_NAMES if scores.get(key) is not None]
+            tag = " (diagnostic)" if scores.get("diagnostic") else ""
+            parts.append(f"{candidate}{tag}: " + (", ".join(shown) or "no held-out score"))
         lines.append(f"  {name:<24} selected {report.get('selected')}  ({'; '.join(parts)})")
+    for note in bundle.metadata.get("warnings", []):
+        lines.append(f"  warning: {note}")
     return "\n".join(lines)
 
 
@@ -107,6 +117,12 @@ def show(bundle_path: Path) -> None:
     bundle = ModelBundle.load(bundle_path)
     click.echo(_format_validation(bundle))
     for model in bundle.models:
+        support = getattr(model, "support", None)
+        if support:
+            clocks = support.get("sm_clock_mhz")
+            click.echo(f"  {model.target}/{model.phase} fitted on TP {', '.join(map(str, support.get('tp') or ['-']))}"
+                       + (f", {clocks[0]:g}-{clocks[1]:g} MHz" if clocks else "")
+                       + ("; TP is a variable" if model.tp_variable else ""))
         if model.kind == "terms":
             for group in model.groups:
                 coef = ", ".join(f"{t}={c:.4g}" for t, c in zip(model.terms, group["coef"]))
@@ -127,7 +143,22 @@ def show(bundle_path: Path) -> None:
             click.echo(f"  {model.target}/{model.phase}: {model.kind}, {len(model.trees)} trees on {model.features}")
 
 
-OPTIONS = {"tp": "--tp", "sm_clock_mhz": "--freq", "model": "--model"}
+@characterize.command("select")
+@click.argument("bundle_path", type=click.Path(path_type=Path))
+@click.option("--gpu", "gpu_name", default=None, help="Keep this GPU's models.")
+@click.option("--model", "model_name", default=None, help="Keep this model's models.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The narrowed bundle (JSON).")
+def select(bundle_path: Path, gpu_name: str | None, model_name: str | None, output: Path) -> None:
+    """Narrow a bundle fitted on several GPUs or models to one, for commands without --gpu/--model."""
+    from .model_io import ModelBundle
+
+    bundle = ModelBundle.load(bundle_path).select(gpu_name=gpu_name, model=model_name)
+    left = bundle.identities()
+    bundle.save(output)
+    click.echo(f"wrote {output}" + (f"; it still holds several: {left}" if left else ""))
+
+
+OPTIONS = {"tp": "--tp", "sm_clock_mhz": "--freq", "model": "--model", "gpu_name": "--gpu", "dtype": "--dtype"}
 
 
 def _complete_point(model, frame: pd.DataFrame) -> None:
@@ -136,6 +167,13 @@ def _complete_point(model, frame: pd.DataFrame) -> None:
     needed = getattr(model, "group_keys", None)
     if needed is None:  # a tree model: its features
         needed = [f for f in model.features if f in OPTIONS]
+    if getattr(model, "tp_variable", False) and "tp" not in frame:
+        tps = (model.support or {}).get("tp") or []
+        if len(tps) == 1:
+            frame["tp"] = tps[0]
+        else:
+            raise click.UsageError(f"the {model.target}/{model.phase} model depends on tp (fitted on "
+                                   f"{', '.join(map(str, tps)) or 'several'}; TP is a variable): give --tp")
     for column in needed:
         if column in frame or (column == "sm_clock_mhz" and model.kind in ("terms", "roofline")):
             continue  # (terms models take the highest profiled clock)
@@ -183,15 +221,20 @@ CLOCK = Number(minimum=0, exclusive_minimum=True, maximum=MAX_CLOCK_MHZ)
 @click.option("--tp", type=click.IntRange(1), default=None)
 @click.option("--freq", "sm_clock_mhz", type=CLOCK, default=None)
 @click.option("--model", "model_name", default=None, help="Model name, for a bundle fitted on several.")
+@click.option("--gpu", "gpu_name", default=None, help="GPU name, for a bundle fitted on several.")
+@click.option("--allow-extrapolation", is_flag=True,
+              help="Predict beyond the profiled clocks (or at another TP where one was profiled); marked.")
 def predict(bundle_path: Path, phase: str, tp: int | None, sm_clock_mhz: float | None, model_name: str | None,
-            **point: int) -> None:
+            gpu_name: str | None, allow_extrapolation: bool, **point: int) -> None:
     """Predict latency (with 95% CI where the model has one), power and energy of one iteration."""
     from .model_io import ModelBundle
 
-    bundle = ModelBundle.load(bundle_path)
+    bundle = ModelBundle.load(bundle_path).select(gpu_name=gpu_name, model=model_name)
     frame = pd.DataFrame([point])
     frame["load_tokens"] = frame["chunk_tokens"] + frame["batch_size"]
-    for column, value in (("tp", tp), ("sm_clock_mhz", sm_clock_mhz), ("model", model_name)):
+    if point["chunk_tokens"]:
+        frame["prefill_sequences"] = 1
+    for column, value in (("tp", tp), ("sm_clock_mhz", sm_clock_mhz)):
         if value is not None:
             frame[column] = value
     for model in (bundle.find("latency_s", phase), bundle.find("mean_power_w", phase)):
@@ -214,8 +257,11 @@ def predict(bundle_path: Path, phase: str, tp: int | None, sm_clock_mhz: float |
             latency_model = bundle.find("latency_s", phase)
             if latency_model is None:
                 raise KeyError(f"no latency model for phase {phase!r} (has: {bundle.phases('latency_s')})")
-            latency = possible(latency_model, float(latency_model.predict(frame)[0]), "latency", "s")
+            extra = {"allow_extrapolation": allow_extrapolation} if hasattr(latency_model, "support") else {}
+            latency = possible(latency_model, float(latency_model.predict(frame, **extra)[0]), "latency", "s")
             text = f"latency {latency * 1000:.3f} ms"
+            if extra and latency_model.outside_support(frame).any():
+                text += " [EXTRAPOLATED beyond the profiled TP/clock]"
             if hasattr(latency_model, "predict_interval"):
                 lo, hi = (float(x[0]) for x in latency_model.predict_interval(frame))
                 if np.isfinite(lo) and np.isfinite(hi):  # (no interval rather than a nan one)
@@ -235,20 +281,38 @@ def predict(bundle_path: Path, phase: str, tp: int | None, sm_clock_mhz: float |
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True)
 @click.option("--where", multiple=True)
-def validate(bundle_path: Path, inputs: tuple[Path, ...], fmt: str, where: tuple[str, ...]) -> None:
-    """MAPE of a saved bundle on other measurements, per phase and target."""
-    from .metrics import mape
-    from .model_io import ModelBundle
+@click.option("--gpu", "gpu_name", default=None, help="GPU name, for a bundle fitted on several.")
+@click.option("--model", "model_name", default=None, help="Model name, for a bundle fitted on several.")
+@click.option("--allow-extrapolation", is_flag=True, help="Score rows beyond the profiled clocks/TP too (counted).")
+@click.option("--json", "as_json", is_flag=True, help='{"phases": {PHASE: {"mape", "p90_ape", "covered", "rows"}}} (fractions).')
+def validate(bundle_path: Path, inputs: tuple[Path, ...], fmt: str, where: tuple[str, ...], gpu_name: str | None,
+             model_name: str | None, allow_extrapolation: bool, as_json: bool) -> None:
+    """Error of a saved bundle on other measurements, per phase and target; rows it cannot predict
+    are counted and explained, never scored as NaN."""
+    from toolkit.jsonio import dump_json
 
-    bundle = ModelBundle.load(bundle_path)
+    from .model_io import ModelBundle
+    from .validation_report import score_bundle
+
+    bundle = ModelBundle.load(bundle_path).select(gpu_name=gpu_name, model=model_name)
     frame = _load_all(inputs, fmt, where)
-    for model in bundle.models:
-        rows = frame[(frame["phase"] == model.phase) & frame[model.target].notna()]
-        if rows.empty:
-            continue
-        predicted = model.predict(rows, strict=False)
-        covered = int(np.isfinite(predicted).sum())
-        click.echo(f"{model.target}/{model.phase}: MAPE {mape(rows[model.target], predicted):.2f}% on {covered:,} of {len(rows):,} rows")
+    result = score_bundle(bundle, frame, allow_extrapolation)
+    if as_json:
+        click.echo(dump_json(result))
+        return
+    label = " [SIMULATED models]" if bundle.simulated else ""
+    if not result["phases"]:
+        click.echo(f"no rows of {', '.join(map(str, inputs))} match a phase the bundle models{label}")
+    for name, scores in [(f"latency_s/{p}", v) for p, v in result["phases"].items()] + \
+            [(f"mean_power_w/{p}", v) for p, v in result["power"].items()]:
+        error = ("-" if scores["mape"] is None else
+                 f"MAPE {100 * scores['mape']:.2f}% (p90 {100 * scores['p90_ape']:.2f}%)")
+        extrapolated = f", {scores['extrapolated']:,} extrapolated" if scores["extrapolated"] else ""
+        click.echo(f"{name}: {error} on {scores['covered']:,} of {scores['rows']:,} rows{extrapolated}{label}")
+        for reason in scores.get("uncovered", []):
+            click.echo(f"  not covered: {reason}")
+    for warning in result.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @characterize.command()
@@ -285,3 +349,109 @@ def chunks(bundle_path: Path, tbt_slo: float, batch_size: int, kv_tokens: int, m
         latency = "-" if np.isnan(row.predicted_latency_s) else f"{row.predicted_latency_s * 1000:.1f} ms"
         check = "" if np.isnan(row.mixed_model_latency_s) else f"; mixed model says {row.mixed_model_latency_s * 1000:.1f} ms"
         click.echo(f"  prefix {row.prefix_tokens:>9,}  chunk {row.chunk_tokens:>6,}  ({latency}{check})")
+
+
+@characterize.command("compose")
+@click.option("--mlp", "mlp_path", type=click.Path(path_type=Path), required=True,
+              help="Vidur operator profile (mlp.csv: linear ops vs tokens per TP).")
+@click.option("--attention", "attention_path", type=click.Path(path_type=Path), default=None,
+              help="Vidur attention.csv; without it, a roofline of the GPU's peaks.")
+@click.option("--all-reduce", "all_reduce_path", type=click.Path(path_type=Path), default=None,
+              help="Vidur all_reduce.csv (needed for TP > 1).")
+@click.option("--send-recv", "send_recv_path", type=click.Path(path_type=Path), default=None,
+              help="Vidur send_recv.csv (needed for PP > 1).")
+@click.option("--preset", default=None, help="Model shape preset (llama3-8b, llama2-70b, tiny); the options below override it.")
+@click.option("--name", default=None, help="Name of an explicit shape (default: the preset's, else 'custom').")
+@click.option("--layers", type=click.IntRange(1), default=None)
+@click.option("--hidden", type=click.IntRange(1), default=None, help="Default: the profile's n_embd.")
+@click.option("--heads", type=click.IntRange(1), default=None, help="Default: the profile's n_head.")
+@click.option("--kv-heads", type=click.IntRange(1), default=None, help="Default: the profile's n_kv_head.")
+@click.option("--vocab", type=click.IntRange(1), default=None, help="Default: the profile's vocab_size.")
+@click.option("--intermediate", type=click.IntRange(1), default=None, help="MLP width; default: the profile's n_expanded_embd.")
+@click.option("--gated-mlp/--no-gated-mlp", "gated", default=None, help="Default: gated for a preset, else the profile's.")
+@click.option("--tp", "tps", default=None, help="TP degrees, comma-separated (default: every TP the profile has that can be composed).")
+@click.option("--pp", type=click.IntRange(1, 1024), default=1, show_default=True, help="Pipeline stages (send/recv per boundary).")
+@click.option("--gpu", type=click.Choice(["a100", "h100"]), default=None, help="Default: from the mlp profile's file name.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Model bundle (JSON).")
+@click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+def compose(mlp_path: Path, attention_path: Path | None, all_reduce_path: Path | None, send_recv_path: Path | None,
+            preset: str | None, name: str | None, layers: int | None, hidden: int | None, heads: int | None,
+            kv_heads: int | None, vocab: int | None, intermediate: int | None, gated: bool | None, tps: str | None,
+            pp: int, gpu: str | None, output: Path, as_json: bool) -> None:
+    """Compose a replayable whole-iteration model bundle from operator profiles (as Vidur does)."""
+    from toolkit.model_shapes import PRESETS
+
+    from .compose import ComposeShape, build_composer, compose_bundle, gpu_of_name, read_mlp_profile
+
+    if preset is not None and preset not in PRESETS:
+        raise click.BadParameter(f"{preset!r} is not one of {', '.join(PRESETS)}", param_hint="--preset")
+    if preset is None and layers is None:
+        raise click.UsageError("give --preset or --layers (with --hidden, --heads, ... where they differ from the profile's)")
+    gpu = gpu or gpu_of_name(mlp_path)
+    if gpu is None:
+        raise click.UsageError(f"the file name {mlp_path.name!r} names no GPU: give --gpu")
+    profile = read_mlp_profile(mlp_path)
+    explicit = {"layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads, "vocab": vocab,
+                "intermediate": intermediate, "gated": gated}
+    try:
+        if preset is not None:
+            shape = ComposeShape.from_preset(preset, **explicit, name=name)
+        else:
+            p = profile.shape
+            defaults = {"hidden": p["n_embd"], "heads": p["n_head"], "kv_heads": p["n_kv_head"], "vocab": p["vocab_size"],
+                        "intermediate": p["n_expanded_embd"], "gated": p["gated"]}
+            fields = {k: (v if v is not None else defaults.get(k)) for k, v in explicit.items()}
+            shape = ComposeShape(name=name or "custom", **fields).checked()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    composer = build_composer(shape, gpu, profile, attention_path, all_reduce_path, send_recv_path)
+    if tps is None:
+        chosen = []
+        for tp in sorted(profile.curves):
+            try:
+                composer.check_tp(tp, pp)
+                chosen.append(tp)
+            except ValueError as exc:
+                click.echo(f"warning: TP {tp} left out: {exc}", err=True)
+        if not chosen:
+            raise click.UsageError("no TP degree of the profile can be composed (see the warnings)")
+    else:
+        try:
+            chosen = sorted({int(v) for v in tps.split(",") if v.strip()})
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {tps!r}", param_hint="--tp") from None
+        if not chosen or min(chosen) < 1:
+            raise click.BadParameter(f"expected TP degrees >= 1, got {tps!r}", param_hint="--tp")
+    sources = [p for p in (mlp_path, attention_path, all_reduce_path, send_recv_path) if p is not None]
+    try:
+        bundle, frame = compose_bundle(composer, chosen, pp, sources)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    bundle.save(output)
+    fits = {phase: {k: bundle.validation[f"latency_s/{phase}"]["physical"].get(k) for k in ("cv_mape", "grid_mape", "grid_max_ape")}
+            for phase in ("prefill", "decode")}
+    examples, chunk = {}, min(2048, profile.max_tokens)
+    for tp in chosen:
+        decode = composer.iteration("decode", 32, 1024, tp, pp)
+        prefill = composer.iteration("prefill", chunk, 0, tp, pp)
+        examples[str(tp)] = {"decode_b32_k1024_ms": round(float(decode["total"]) * 1e3, 3),
+                             f"prefill_c{chunk}_p0_ms": round(float(prefill["total"]) * 1e3, 3)}
+    summary = f"wrote {output}: {shape.name} on {gpu.upper()} at TP {','.join(map(str, chosen))} (PP {pp}), composed from " \
+              f"{', '.join(p.name for p in sources)}; fit vs composed grid MAPE prefill {fits['prefill']['grid_mape']:.1f}%, " \
+              f"decode {fits['decode']['grid_mape']:.1f}%"
+    if as_json:
+        from toolkit.jsonio import dump_json
+
+        click.echo(dump_json({"output": str(output), "model": bundle.metadata["model"], "model_shape": shape.to_json(),
+                              "gpu": gpu, "tp": chosen, "pp": pp, "sources": bundle.metadata["sources"],
+                              "fit": fits, "composed_ms": examples, "assumptions": bundle.metadata["assumptions"],
+                              **({"pp_transfer_s": bundle.metadata["pp_transfer_s"]} if "pp_transfer_s" in bundle.metadata else {})},
+                             indent=1))
+        click.echo(summary, err=True)
+        return
+    for line in bundle.metadata["assumptions"]:
+        click.echo(f"  assumed: {line}")
+    for tp, values in examples.items():
+        click.echo(f"  tp={tp}: decode 32 x 1024 KV {values['decode_b32_k1024_ms']:.2f} ms, "
+                   f"prefill {chunk} tokens {values[f'prefill_c{chunk}_p0_ms']:.2f} ms (composed, with PP send/recv)")
+    click.echo(summary)

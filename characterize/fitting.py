@@ -5,12 +5,19 @@ Validation, per phase and candidate:
 * ``cv_mape``: grouped K-fold cross-validation, groups being distinct configurations
   (c, p, b, k, TP, clock), so repeated measurements of one point never sit on both sides;
 * ``extrapolation_mape``: fit on the lower quarter of the context axis (prefix p for prefill,
-  KV length k for decode), predict beyond half of its maximum - a 4x reach, as fitting on
-  p <= 32 K and predicting 128 K+.
+  KV length k for decode; the prompt tokens c where a table has no prefix, as batched-prompt
+  tables), predict beyond half of its maximum - a 4x reach, as fitting on p <= 32 K and
+  predicting 128 K+;
+* ``tp_transfer_mape``: leave one TP degree out (each degree with two others left to fit on),
+  predict it - how a model profiled at TP2 and TP4 does at TP8.
 
-The simplest candidate within 5 % of the lowest worst-of-both wins and is refitted on all rows.  Candidates:
-``physical`` (WLS over physical terms), ``roofline`` for prefill (the larger of a compute and a
-memory piece, see ``roofline_model``) and ``trees`` (gradient boosting).
+``score`` is the worst of the three; the simplest candidate within 5 % of the best score wins and
+is refitted on all rows.  Candidates: ``physical`` (WLS over physical terms; for prefill, decode
+and mixed the transferring family with TP and clock as variables, ``terms.SHARD_TERMS``),
+``roofline`` for prefill and mixed (the larger of a compute and a memory piece, see
+``roofline_model``) and ``trees`` (gradient boosting).  For the phases replay compiles (prefill,
+decode, mixed) trees are scored as a diagnostic rival but never selected: replay cannot run them,
+and they cannot reach beyond their data.
 """
 
 from __future__ import annotations
@@ -26,21 +33,32 @@ from .metrics import mape
 from .model_io import ModelBundle
 from .power_model import PowerModel
 from .roofline_model import RooflineModel
-from .terms import DEFAULT_TERMS, ROOFLINE_TERMS
+from .terms import DEFAULT_TERMS, ROOFLINE_TERMS, SHARD_ROOFLINE_TERMS, SHARD_TERMS, shard_terms
 from .trees import TreeEnsembleModel
 
-CONFIG_COLUMNS = ["chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens", "tp", "sm_clock_mhz"]
+CONFIG_COLUMNS = ["chunk_tokens", "prefix_tokens", "prefill_sequences", "batch_size", "kv_tokens", "tp", "sm_clock_mhz"]
+DIAGNOSTIC = ("trees",)  # scored, shown, never selected for a replayed phase
+REPLAYED_PHASES = ("prefill", "decode", "mixed")
 CONTEXT_AXIS = {"prefill": "prefix_tokens", "mixed": "prefix_tokens", "decode": "kv_tokens", "linear": "chunk_tokens",
                 "serving": "batch_size"}
 MIN_ROWS = 12
 
 
-def latency_candidates(phase: str, tree_estimators: int = 300) -> dict[str, Callable[[pd.DataFrame], object]]:
+def latency_candidates(phase: str, tree_estimators: int = 300, clocks: int = 1
+                       ) -> dict[str, Callable[[pd.DataFrame], object]]:
     """The latency-model candidates for ``phase``, simplest first: name -> a function that fits
-    one on a frame of profile rows.  ``tree_estimators``: boosting rounds of ``trees``."""
-    terms = DEFAULT_TERMS.get(phase, ["1", "c", "b"])
+    one on a frame of profile rows.  ``tree_estimators``: boosting rounds of ``trees``;
+    ``clocks``: distinct SM clocks in the data (two or more add the 1/f compute terms)."""
+    if phase in SHARD_TERMS:
+        terms = shard_terms(SHARD_TERMS[phase], phase, clocks)
+    else:
+        terms = DEFAULT_TERMS.get(phase, ["1", "c", "b"])
     candidates = {"physical": lambda df: TermsModel.fit(df, "latency_s", phase, terms)}
-    if phase in ROOFLINE_TERMS:
+    if phase in SHARD_ROOFLINE_TERMS:
+        compute, memory = SHARD_ROOFLINE_TERMS[phase]
+        compute = shard_terms(compute, phase, clocks)
+        candidates["roofline"] = lambda df: RooflineModel.fit(df, "latency_s", phase, compute, memory)
+    elif phase in ROOFLINE_TERMS:
         compute, memory = ROOFLINE_TERMS[phase]
         candidates["roofline"] = lambda df: RooflineModel.fit(df, "latency_s", phase, compute, memory)
     candidates["trees"] = lambda df: TreeEnsembleModel.fit(df, "latency_s", phase, n_estimators=tree_estimators)
@@ -63,10 +81,11 @@ def cv_mape(frame: pd.DataFrame, make: Callable, target: str, splits: int = 5) -
         return None
     errors, weights = [], []
     for train, test in GroupKFold(n_splits=min(splits, n_groups)).split(frame, groups=groups):
-        model = make(frame.iloc[train])
-        errors.append(mape(frame[target].iloc[test], model.predict(frame.iloc[test], strict=False)))
-        weights.append(len(test))
-    return float(np.average(errors, weights=weights))
+        error = _holdout_mape(make(frame.iloc[train]), frame.iloc[test], target)
+        if error is not None:
+            errors.append(error)
+            weights.append(len(test))
+    return float(np.average(errors, weights=weights)) if errors else None
 
 
 def extrapolation_mape(frame: pd.DataFrame, make: Callable, target: str, axis: str | None) -> float | None:
@@ -83,29 +102,76 @@ def extrapolation_mape(frame: pd.DataFrame, make: Callable, target: str, axis: s
         model = make(train)
     except ValueError:  # e.g. too few rows in some group once the axis is cut
         return None
-    return mape(test[target], model.predict(test, strict=False))
+    return _holdout_mape(model, test, target)
+
+
+def _holdout_mape(model, test: pd.DataFrame, target: str) -> float | None:
+    """MAPE (percent) of ``model`` on ``test``, extrapolating where it must (a held-out clock or TP
+    is outside the fold's support by construction); None when it covers no row."""
+    extra = {"allow_extrapolation": True} if hasattr(model, "support") else {}
+    predicted = model.predict(test, strict=False, **extra)
+    return mape(test[target], predicted) if np.isfinite(predicted).any() else None
+
+
+def context_axis(frame: pd.DataFrame, phase: str) -> str | None:
+    """The column a phase's context grows along: the prefix (prefill), the KV length (decode); for a
+    prefill table without prefixes (batched prompts) the prompt tokens."""
+    axis = CONTEXT_AXIS.get(phase)
+    if axis == "prefix_tokens" and (axis not in frame or not (frame[axis] > 0).any()):
+        return "chunk_tokens"
+    return axis
+
+
+def tp_transfer_mape(frame: pd.DataFrame, make: Callable, target: str) -> float | None:
+    """MAPE (percent) of ``target`` on each TP degree held out in turn (those with at least two
+    other degrees to fit on), weighted by rows; None with fewer than three degrees."""
+    if "tp" not in frame or frame["tp"].isna().any():
+        return None
+    levels = sorted(frame["tp"].unique())
+    if len(levels) < 3:
+        return None
+    errors, weights = [], []
+    for level in levels:
+        train, test = frame[frame["tp"] != level], frame[frame["tp"] == level]
+        if len(train) < MIN_ROWS:
+            continue
+        try:
+            error = _holdout_mape(make(train), test, target)
+        except ValueError:
+            continue
+        if error is not None:
+            errors.append(error)
+            weights.append(len(test))
+    return float(np.average(errors, weights=weights)) if errors else None
 
 
 def select_latency_model(frame: pd.DataFrame, phase: str, candidates: dict | None = None) -> tuple[object, dict]:
     """The selected latency model, refitted on all of ``frame``, and its validation report.
 
     ``candidates``: name -> fit function, simplest first (None: :func:`latency_candidates`).
-    The report holds per candidate its ``cv_mape``, ``extrapolation_mape`` and ``score`` (the
-    worse of both), or its ``error``, and the ``selected`` name.  Raises ``ValueError`` when no
-    candidate could be validated.
+    The report holds per candidate its ``cv_mape``, ``extrapolation_mape``, ``tp_transfer_mape``
+    and ``score`` (the worst of them), ``diagnostic`` (true: scored, never selected), or its
+    ``error``, and the ``selected`` name.  Raises ``ValueError`` when no candidate could be validated.
     """
-    candidates = candidates or latency_candidates(phase)
+    clocks = int(frame["sm_clock_mhz"].nunique()) if "sm_clock_mhz" in frame else 1
+    candidates = candidates or latency_candidates(phase, clocks=clocks)
+
+    def diagnostic(name: str) -> bool:
+        return name in DIAGNOSTIC and phase in REPLAYED_PHASES
+
     report = {}
     for name, make in candidates.items():
         try:
             cv = cv_mape(frame, make, "latency_s")
-            ex = extrapolation_mape(frame, make, "latency_s", CONTEXT_AXIS.get(phase))
+            ex = extrapolation_mape(frame, make, "latency_s", context_axis(frame, phase))
+            tp = tp_transfer_mape(frame, make, "latency_s")
         except ValueError as exc:
-            report[name] = {"error": str(exc)}
+            report[name] = {"error": str(exc), "diagnostic": diagnostic(name)}
             continue
-        scores = [s for s in (cv, ex) if s is not None]
-        report[name] = {"cv_mape": cv, "extrapolation_mape": ex, "score": max(scores) if scores else None}
-    ranked = [n for n in report if report[n].get("score") is not None]
+        scores = [s for s in (cv, ex, tp) if s is not None]
+        report[name] = {"cv_mape": cv, "extrapolation_mape": ex, "tp_transfer_mape": tp,
+                        "score": max(scores) if scores else None, "diagnostic": diagnostic(name)}
+    ranked = [n for n in report if report[n].get("score") is not None and not report[n]["diagnostic"]]
     if not ranked:
         raise ValueError(f"{phase}: no latency model could be validated ({report})")
     # Candidates run from simplest to most flexible: take the first within 5 % of the best score,
@@ -121,13 +187,16 @@ def fit_bundle(frame: pd.DataFrame, metadata: dict | None = None, phases: list[s
     """Latency (and, where measured, power) models for every phase in ``frame``."""
     bundle = ModelBundle(metadata=dict(metadata or {}))
     skipped = []  # what could not be fitted, and why, for the user (metadata "skipped")
+    warnings: list[str] = []  # what the fitted models cannot do (metadata "warnings")
     for phase in phases or sorted(frame["phase"].dropna().unique()):
         rows = frame[frame["phase"] == phase]
         if progress:
             progress(f"fitting {phase} ({len(rows):,} rows)")
         latency_rows = rows[rows["latency_s"].notna() & (rows["latency_s"] > 0)]
+        warnings.extend(_limits(phase, rows, latency_rows))
         if len(latency_rows) >= MIN_ROWS:
-            model, report = select_latency_model(latency_rows, phase, latency_candidates(phase, tree_estimators))
+            clocks = int(latency_rows["sm_clock_mhz"].nunique()) if "sm_clock_mhz" in latency_rows else 1
+            model, report = select_latency_model(latency_rows, phase, latency_candidates(phase, tree_estimators, clocks))
             bundle.models.append(model)
             bundle.validation[f"latency_s/{phase}"] = report
         else:
@@ -142,4 +211,30 @@ def fit_bundle(frame: pd.DataFrame, metadata: dict | None = None, phases: list[s
                                                           "selected": "physical"}
     if skipped:
         bundle.metadata["skipped"] = skipped
+    if warnings:
+        bundle.metadata["warnings"] = warnings
     return bundle
+
+
+def _limits(phase: str, rows: pd.DataFrame, latency_rows: pd.DataFrame) -> list[str]:
+    """What a latency model of ``phase`` fitted on these rows cannot do, for the user: rows left
+    out for a non-positive latency, one TP degree (no TP transfer), one clock (no clock law)."""
+    notes = []
+    dropped = int((rows["latency_s"] <= 0).sum())
+    if dropped:
+        notes.append(f"latency_s/{phase}: {dropped:,} rows with a latency <= 0 left out")
+    if phase not in SHARD_TERMS or latency_rows.empty:
+        return notes
+    if "tp" in latency_rows and latency_rows["tp"].nunique() == 1:
+        notes.append(f"latency_s/{phase}: profiled at one TP degree ({plain(latency_rows['tp'].iloc[0])}): "
+                     f"the model cannot predict another TP")
+    if "sm_clock_mhz" in latency_rows and latency_rows["sm_clock_mhz"].nunique() == 1:
+        notes.append(f"latency_s/{phase}: profiled at one SM clock ({plain(latency_rows['sm_clock_mhz'].iloc[0])} MHz): "
+                     f"the model cannot predict another clock")
+    return notes
+
+
+def plain(value: object) -> str:
+    """A number as people write it (2, not 2.0 or np.int64(2))."""
+    number = float(value)
+    return f"{number:g}"

@@ -110,8 +110,10 @@ def from_vidur_attention(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
 def from_splitwise(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     common = {"tp": raw["tensor_parallel"], "gpu_name": raw.get("hardware"), "model": raw.get("model"), "backend": "measured:splitwise",
               "source_row": np.arange(1, len(raw) + 1)}
+    # a batch of b prompts of s tokens: c = b*s tokens, but attention is b * s^2 (prefill_sequences = b), not (b*s)^2
     prefill = pd.DataFrame({"phase": "prefill", "chunk_tokens": raw["prompt_size"] * raw["batch_size"], "prefix_tokens": 0,
-                            "batch_size": 0, "kv_tokens": 0, "latency_s": raw["prompt_time"] / 1000.0, **common})
+                            "prefill_sequences": raw["batch_size"], "batch_size": 0, "kv_tokens": 0,
+                            "latency_s": raw["prompt_time"] / 1000.0, **common})
     decode = pd.DataFrame({"phase": "decode", "chunk_tokens": 0, "prefix_tokens": 0, "batch_size": raw["batch_size"],
                            "kv_tokens": raw["prompt_size"] + raw["token_size"] / 2.0,  # mean KV length while generating
                            "latency_s": raw["token_time"] / 1000.0, **common})

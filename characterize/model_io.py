@@ -47,7 +47,8 @@ def plain_scalar(value: object) -> object:
 # What a bundle may hold, checked at load: model kinds per target, grouping columns, and power-model
 # load columns (a column every prediction frame has).
 KINDS_BY_TARGET = {"latency_s": ("terms", "roofline", "gbr_trees"), "mean_power_w": ("power_saturating",)}
-GROUP_KEYS = ("model", "tp", "sm_clock_mhz")
+GROUP_KEYS = ("gpu_name", "model", "dtype", "tp", "sm_clock_mhz")
+IDENTITY_KEYS = ("gpu_name", "model", "dtype")  # what a mixed table is split by: one model per combination
 LOAD_COLUMNS = ("load_tokens", "chunk_tokens", "prefix_tokens", "batch_size", "kv_tokens")
 MAX_BUNDLE_BYTES = 512 * 2**20  # a bundle of 300-tree models is a few MB
 
@@ -92,6 +93,26 @@ def read_group_keys(table: Settings) -> list[str]:
     return list(keys)
 
 
+def read_support(table: Settings) -> dict | None:
+    """A model's ``support`` (TP degrees and [lowest, highest] SM clock it was fitted on), or None."""
+    if not table.has("support") or table.data.get("support") is None:
+        return None
+    support = table.table("support")
+    tps = support.data.get("tp")
+    clocks = support.data.get("sm_clock_mhz")
+    out = {"tp": None, "sm_clock_mhz": None}
+    if tps is not None:
+        out["tp"] = [int(v) for v in check_numbers(tps, table.source, support.path("tp"), min_length=1, integer=True,
+                                                    minimum=1)]
+    if clocks is not None:
+        lo, hi = check_numbers(clocks, table.source, support.path("sm_clock_mhz"), min_length=2, max_length=2,
+                               minimum=0, exclusive_minimum=True, maximum=MAX_CLOCK_MHZ)
+        if lo > hi:
+            raise support.error("sm_clock_mhz", f"lowest clock {lo:g} is above the highest {hi:g}")
+        out["sm_clock_mhz"] = [lo, hi]
+    return out
+
+
 def read_group(group: Settings, group_keys: list[str]) -> dict:
     """A fitted group's JSON object with its ``key`` checked: a value for every group key (TP a
     positive integer, a clock a positive number of MHz, a model name a string); extra fields are
@@ -134,6 +155,49 @@ class ModelBundle:
     models: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    # Run-time choices, never saved: whether replay may use models beyond their support (TP, clock),
+    # and what it extrapolated (for the summary's marks).
+    allow_extrapolation: bool = field(default=False, compare=False)
+    extrapolated: list = field(default_factory=list, compare=False)
+
+    def identities(self) -> dict[str, list[str]]:
+        """The GPUs, models and dtypes the bundle's models are grouped by, where it holds several:
+        ``{"gpu_name": [...], "model": [...]}`` (empty for a bundle of one GPU and model)."""
+        found: dict[str, set] = {}
+        for model in self.models:
+            for group in getattr(model, "groups", []):
+                for name in IDENTITY_KEYS:
+                    if name in getattr(model, "group_keys", []):
+                        found.setdefault(name, set()).add(str(group["key"].get(name)))
+        return {name: sorted(values) for name, values in found.items() if len(values) > 1}
+
+    def select(self, **wanted: str | None) -> "ModelBundle":
+        """The bundle restricted to one GPU / model / dtype (``gpu_name=``, ``model=``, ``dtype=``;
+        None: keep all), those keys dropped from the groups.  Raises :class:`InputError` naming a
+        value no group has."""
+        import copy
+
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        held = self.identities()
+        for name, value in wanted.items():
+            values = held.get(name) or sorted({str(g["key"].get(name)) for m in self.models
+                                                for g in getattr(m, "groups", []) if name in getattr(m, "group_keys", [])})
+            if values and value not in values:
+                raise InputError(None, f"the bundle has no {name} {value!r} (it holds: {', '.join(values)})")
+        models = []
+        for model in self.models:
+            keys = [k for k in getattr(model, "group_keys", []) if k in wanted]
+            if not keys:
+                models.append(model)
+                continue
+            model = copy.deepcopy(model)
+            model.groups = [g for g in model.groups if all(str(g["key"].get(k)) == wanted[k] for k in keys)]
+            for g in model.groups:
+                g["key"] = {k: v for k, v in g["key"].items() if k not in keys}
+            model.group_keys = [k for k in model.group_keys if k not in keys]
+            models.append(model)
+        metadata = {**self.metadata, **{f"selected_{k}": v for k, v in wanted.items()}}
+        return ModelBundle(models, metadata, self.validation, self.allow_extrapolation)
 
     @property
     def simulated(self) -> bool:

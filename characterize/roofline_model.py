@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import t_quantile
-from .linear_model import TermsModel, group_keys_of, wls_fit
+from .linear_model import TermsModel, group_keys_of, support_of, wls_fit
 from .model_io import plain_scalar, read_coefficients, read_matrix, read_terms
 from .terms import design_matrix, parse_term
 
@@ -61,8 +61,8 @@ class RooflineModel(TermsModel):
         memory_terms = list(memory_terms or ["1", "p"])
         for term in terms + memory_terms:
             parse_term(term)
-        keys = group_keys_of(frame)
-        model = cls(target, phase, list(terms), keys, memory_terms=memory_terms)
+        keys = group_keys_of(frame, terms + memory_terms)
+        model = cls(target, phase, list(terms), keys, memory_terms=memory_terms, support=support_of(frame))
         grouped = frame.groupby(keys, sort=True) if keys else [((), frame)]
         for key, g in grouped:
             key_dict = {k: plain_scalar(v) for k, v in zip(keys, key if isinstance(key, tuple) else (key,))}
@@ -87,8 +87,9 @@ class RooflineModel(TermsModel):
                 memory = M_all[idx] @ sum(w * np.asarray(g["memory_coef"]) for w, g in blend)
             yield idx, compute, memory, blend, X_all[idx], M_all[idx]
 
-    def predict(self, frame: pd.DataFrame, strict: bool = True) -> np.ndarray:
-        """Predictions; rows of an unfitted group raise ``KeyError``, or are NaN with ``strict=False``."""
+    def _predict(self, frame: pd.DataFrame, strict: bool) -> np.ndarray:
+        """Predictions without the support check; rows of an unfitted group raise ``KeyError``, or
+        are NaN with ``strict=False``."""
         out = np.full(len(frame), np.nan)
         try:
             for idx, compute, memory, *_ in self._pieces(frame):
@@ -103,13 +104,14 @@ class RooflineModel(TermsModel):
         out = np.full(len(frame), np.nan)
         for idx, _ in self._blocks(frame):
             try:
-                out[idx] = self.predict(frame.iloc[idx], strict=True)
+                out[idx] = self._predict(frame.iloc[idx], strict=True)
             except KeyError:
                 continue
         return out
 
     def memory_bound(self, frame: pd.DataFrame) -> np.ndarray:
         """True where the memory piece sets the latency."""
+        frame = self._complete(frame)
         out = np.zeros(len(frame), dtype=bool)
         for idx, compute, memory, *_ in self._pieces(frame):
             if memory is not None:
@@ -119,6 +121,7 @@ class RooflineModel(TermsModel):
     def predict_interval(self, frame: pd.DataFrame, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) confidence interval of the mean prediction at ``level``, from the
         covariance of whichever piece sets each row's latency."""
+        frame = self._complete(frame)
         mean, half = np.empty(len(frame)), np.empty(len(frame))
         for idx, compute, memory, blend, X, M in self._pieces(frame):
             on_memory = memory > compute if memory is not None else np.zeros(len(idx), dtype=bool)

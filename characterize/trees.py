@@ -63,9 +63,9 @@ class TreeEnsembleModel:
         base = float(np.ravel(gbr.init_.constant_)[0])
         return cls(target, phase, names, base, float(gbr.learning_rate), trees)
 
-    def predict(self, frame: pd.DataFrame, strict: bool = True) -> np.ndarray:
-        """Predictions per row of ``frame`` (``strict`` is accepted for a common interface: trees
-        have no groups, every row gets a value).  Raises ``KeyError`` if a feature column is missing."""
+    def predict(self, frame: pd.DataFrame, strict: bool = True, allow_extrapolation: bool = True) -> np.ndarray:
+        """Predictions per row of ``frame`` (``strict`` and ``allow_extrapolation`` are accepted for a
+        common interface: trees have no groups and no support, every row gets a value).  Raises ``KeyError`` if a feature column is missing."""
         X = _features(frame, self.features)
         total = np.full(len(X), self.base)
         rows = np.arange(len(X))

@@ -68,6 +68,13 @@ def _set(path, value):
     return mutate
 
 
+def _both(first, second):
+    def mutate(data):
+        first(data)
+        second(data)
+    return mutate
+
+
 def _del(path):
     def mutate(data):
         *parents, last = path(data)
@@ -107,21 +114,26 @@ BAD_BUNDLES = [
     (_set(lambda d: ["models", T(d), "group_keys"], ["gpu"]), lambda d: f"models[{T(d)}].group_keys[0]", "must be one of"),
     (_set(lambda d: ["models", T(d), "groups"], {"tp": 1}), lambda d: f"models[{T(d)}].groups", "must be a list"),
     (_set(lambda d: ["models", T(d), "groups", 0, "coef"], [0.01, 1e-5]), lambda d: f"models[{T(d)}].groups[0].coef",
-     "must have one coefficient per term: 4"),
+     "must have one coefficient per term"),
     (_set(lambda d: ["models", T(d), "groups", 0, "coef", 3], float("nan")), lambda d: f"models[{T(d)}].groups[0].coef[3]",
      "must be finite (got nan)"),
     (_set(lambda d: ["models", T(d), "groups", 0, "coef", 1], float("inf")), lambda d: f"models[{T(d)}].groups[0].coef[1]",
      "must be finite"),
     (_set(lambda d: ["models", T(d), "groups", 0, "coef", 0], "0.006"), lambda d: f"models[{T(d)}].groups[0].coef[0]",
      "must be a number (got '0.006')"),
-    (_set(lambda d: ["models", T(d), "groups", 0, "cov"], [[0.0]]), lambda d: f"models[{T(d)}].groups[0].cov", "must be 4 x 4"),
+    (_set(lambda d: ["models", T(d), "groups", 0, "cov"], [[0.0]]), lambda d: f"models[{T(d)}].groups[0].cov", "one row per term"),
     (_set(lambda d: ["models", T(d), "groups", 0, "cov", 2, 2], None), lambda d: f"models[{T(d)}].groups[0].cov[2][2]",
      "must be a number"),
     (_set(lambda d: ["models", T(d), "groups", 0, "df_resid"], 0), lambda d: f"models[{T(d)}].groups[0].df_resid", "must be > 0"),
-    (_del(lambda d: ["models", T(d), "groups", 0, "key", "tp"]), lambda d: f"models[{T(d)}].groups[0].key.tp", "missing"),
-    (_set(lambda d: ["models", T(d), "groups", 0, "key", "sm_clock_mhz"], -1980), lambda d: f"models[{T(d)}].groups[0].key.sm_clock_mhz",
-     "must be > 0"),
-    (_set(lambda d: ["models", R(d), "memory_terms"], ["1", "p", "q"]), lambda d: f"models[{R(d)}].memory_terms[2]", "bad model term"),
+    # the transferring family has TP and clock as variables, not group keys: key a group by them to test their checks
+    (_set(lambda d: ["models", T(d), "group_keys"], ["tp"]), lambda d: f"models[{T(d)}].groups[0].key.tp", "missing"),
+    (_both(_set(lambda d: ["models", T(d), "group_keys"], ["sm_clock_mhz"]),
+           _set(lambda d: ["models", T(d), "groups", 0, "key", "sm_clock_mhz"], -1980)),
+     lambda d: f"models[{T(d)}].groups[0].key.sm_clock_mhz", "must be > 0"),
+    (_set(lambda d: ["models", T(d), "support", "sm_clock_mhz"], [1980, 1410]), lambda d: f"models[{T(d)}].support.sm_clock_mhz",
+     "is above the highest"),
+    (_set(lambda d: ["models", T(d), "support", "tp"], [0]), lambda d: f"models[{T(d)}].support.tp[0]", "must be >= 1"),
+    (_set(lambda d: ["models", R(d), "memory_terms"], ["1", "p", "z"]), lambda d: f"models[{R(d)}].memory_terms[2]", "bad model term"),
     (_set(lambda d: ["models", R(d), "groups", 0, "memory_coef"], [0.004]), lambda d: f"models[{R(d)}].groups[0].memory_coef",
      "must have one coefficient per term"),
     (_set(lambda d: ["models", P(d), "groups", 0, "params", 2], 0), lambda d: f"models[{P(d)}].groups[0].params[2]", "must be > 0"),
@@ -228,7 +240,7 @@ def test_valid_bundle_round_trips_and_predicts(tmp_path, bundle_json):
 def test_predict_refuses_impossible_values(tmp_path, bundle_json, coef, phase, point, what):
     data = copy.deepcopy(bundle_json)
     for group in data["models"][T(data)]["groups"]:
-        group["coef"] = [coef, coef, coef, coef] if coef > 1 else [coef] + group["coef"][1:]
+        group["coef"] = [coef] * len(group["coef"]) if coef > 1 else [coef] + group["coef"][1:]
     path = write(tmp_path, data)
     ModelBundle.load(path)  # finite coefficients: the bundle loads ...
     result = cli("characterize", "predict", path, "--phase", phase, "--tp", "1", *point)
@@ -250,11 +262,13 @@ def test_predict_refuses_impossible_points(tmp_path, bundle_json, args, message)
 def test_predict_asks_for_the_tp_only_when_the_bundle_has_several(tmp_path, bundle_json):
     path = write(tmp_path, bundle_json)
     several = cli("characterize", "predict", path, "--phase", "decode", "-b", "8", "-k", "1024")
-    assert several.exit_code == 2 and "depends on tp (1, 2): give --tp" in several.output, several.output
+    assert several.exit_code == 2 and "depends on tp (fitted on 1, 2" in several.output and "give --tp" in several.output, several.output
     data = copy.deepcopy(bundle_json)
     for model in data["models"]:  # keep TP 1 only
         if "groups" in model:
             model["groups"] = [g for g in model["groups"] if g["key"].get("tp", 1) == 1]
+        if model.get("support"):  # the transferring family: fitted on TP 1 only
+            model["support"]["tp"] = [1]
     single = cli("characterize", "predict", write(tmp_path, data, "one.json"), "--phase", "decode", "-b", "8", "-k", "1024")
     assert single.exit_code == 0 and "power" in single.output, single.output
 
