@@ -80,12 +80,32 @@ def stats(path: Path, fmt: str, mode: str, scheduler: str | None, allow_unsorted
 @click.option("--format", "fmt", type=FORMAT_CHOICE, default="auto", show_default=True)
 @click.option("--mode", type=click.Choice(["auto", "memory", "chunked"]), default="auto", show_default=True)
 @click.option("--allow-unsorted", is_flag=True, help="Sort out-of-order arrivals instead of failing (memory mode).")
-def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool) -> None:
-    """Convert a trace to canonical Parquet (or wattlas CSV when DST ends in .csv)."""
+@click.option("--days", type=click.IntRange(min=1), help="Keep the first N days after the first request (CSV, streamed).")
+@click.option("--sample", type=float, help="Keep each request with probability F (seeded thinning; CSV, streamed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool, days: int | None, sample: float | None,
+            seed: int) -> None:
+    """Convert a trace to canonical Parquet (or wattlas CSV when DST ends in .csv).
+
+    --days/--sample take a subset while streaming, e.g. of the Azure 2024 week files
+    (AzureLLMInferenceTrace_conv_1week.csv): the same subset the azure2024-*-week synth presets make.
+    """
     from ..jsonio import ensure_writable_file
     from .formats import convert_trace_streaming, read_trace, write_trace
 
     ensure_writable_file(dst)  # a read-only or mistyped destination fails before the work
+    if days is not None or sample is not None:
+        from .week import convert_week_file
+
+        if allow_unsorted or dst.suffix == ".csv" or src.suffix == ".parquet" or src.is_dir():
+            raise InputError(src, "--days/--sample stream a CSV trace in file order into Parquet "
+                             "(no --allow-unsorted, no Parquet source, no .csv destination)")
+        try:
+            rows = convert_week_file(src, dst, days=days, sample=1.0 if sample is None else sample, seed=seed, fmt=fmt)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        click.echo(f"wrote {rows:,} requests to {dst}")
+        return
     if _is_large(src, mode, allow_unsorted):
         if dst.suffix == ".csv":
             raise InputError(dst, "chunked conversion writes Parquet; give a .parquet destination")
@@ -97,8 +117,18 @@ def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool) -> 
     click.echo(f"wrote {rows:,} requests to {dst}")
 
 
+WEEK_PRESET_NAMES = ("azure2024-conv-week", "azure2024-code-week")  # = toolkit.traces.week.WEEK_PRESETS
+# SynthSpec options that make no sense for a week preset (its length, count, dates and lengths are published)
+_NOT_FOR_WEEK = {"duration_s": "--duration (use --days)",
+                 "mean_rate": "--rate (the count is the published one; use --sample)",
+                 "input_median": "--input-median (lengths follow the 2023 quantile tables)",
+                 "output_median": "--output-median (lengths follow the 2023 quantile tables)"}
+
+
 @trace.command()
-@click.option("--preset", type=click.Choice(["conv", "code", "longctx"]), default="conv", show_default=True)
+@click.option("--preset", type=click.Choice(["conv", "code", "longctx", *WEEK_PRESET_NAMES]), default="conv",
+              show_default=True,
+              help="azure2024-*-week: the Azure LLM inference 2024 week traces (27.3 M / 16.8 M requests).")
 @click.option("--duration", "duration_s", type=float, help="Trace length in seconds.")
 @click.option("--rate", "mean_rate", type=float, help="Mean arrival rate, requests/s.")
 @click.option("--cv", type=float, help="Inter-arrival coefficient of variation (1 = Poisson).")
@@ -110,10 +140,24 @@ def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool) -> 
 @click.option("--burst-fraction", type=float, help="Share of time in bursts (two-state Markov modulation).")
 @click.option("--burst-multiplier", type=float, help="Rate in a burst relative to calm.")
 @click.option("--burst-mean", "burst_mean_s", type=float, help="Mean burst length, s.")
+@click.option("--days", type=click.IntRange(1, 7), help="Week presets: the first N days (default 7).")
+@click.option("--sample", type=float, help="Week presets: keep each request with probability F (seeded thinning).")
+@click.option("--weekend-factor", type=float, help="Week presets: Saturday/Sunday rate relative to weekdays (assumed).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def synth(preset: str, start_hour: float | None, output: Path, **overrides: float | int | None) -> None:
-    """Generate a production-like trace (diurnal, bursty, lognormal lengths), seedable."""
+def synth(preset: str, start_hour: float | None, output: Path, days: int | None, sample: float | None,
+          weekend_factor: float | None, **overrides: float | int | None) -> None:
+    """Generate a production-like trace (diurnal, bursty, lognormal lengths), seedable.
+
+    The week presets write Parquet row groups day by day in bounded memory; see
+    toolkit/traces/week.py for every parameter and its source.
+    """
+    if preset in WEEK_PRESET_NAMES:
+        _synth_week(preset, output, days, sample, weekend_factor, start_hour, overrides)
+        return
+    for name, value in (("--days", days), ("--sample", sample), ("--weekend-factor", weekend_factor)):
+        if value is not None:
+            raise click.BadParameter(f"{name} applies to the week presets ({', '.join(WEEK_PRESET_NAMES)})")
     from .formats import write_trace
     from .stats import format_summary, summarize_trace
     from .synth import spec_for, synthesize
@@ -127,3 +171,36 @@ def synth(preset: str, start_hour: float | None, output: Path, **overrides: floa
         raise click.BadParameter(str(exc)) from None
     write_trace(table, output)
     click.echo(format_summary(summarize_trace(table), str(output), "synthetic"))
+
+
+def _synth_week(preset: str, output: Path, days: int | None, sample: float | None, weekend_factor: float | None,
+                start_hour: float | None, overrides: dict) -> None:
+    from ..jsonio import ensure_writable_file
+    from .stats import finalize, format_summary
+    from .week import WEEK_DAYS, day_labels, expected_per_day, week_preset, write_week_trace
+
+    refused = [flag for key, flag in _NOT_FOR_WEEK.items() if overrides.get(key) is not None]
+    if start_hour is not None:
+        refused.append("--start-hour (the dates are the published ones)")
+    if refused:
+        raise click.BadParameter(f"{refused[0]} does not apply to {preset}")
+    if output.suffix == ".csv":
+        raise click.BadParameter("week presets write Parquet (row groups per day); give a .parquet output")
+    seed = overrides.pop("seed")
+    days = WEEK_DAYS if days is None else days
+    sample = 1.0 if sample is None else sample
+    try:
+        spec = week_preset(preset, weekend_factor=weekend_factor,
+                           **{k: v for k, v in overrides.items() if k not in _NOT_FOR_WEEK})
+        ensure_writable_file(output)
+        result = write_week_trace(spec, output, days=days, sample=sample, seed=seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    expected = expected_per_day(spec, seed)[:days] * sample
+    if result.requests > 1:
+        click.echo(format_summary(finalize(result.partial), str(output), "synthetic"))
+    click.echo(f"  per day (UTC)       requests (expected), {result.row_groups} row groups")
+    for label, got, want in zip(day_labels(spec, days), result.per_day, expected):
+        click.echo(f"    {label}      {got:>12,}  ({want:,.0f})")
+    click.echo(f"  total               {result.requests:,} of the published {spec.requests:,} over 7 days "
+               f"x {days}/7 days x sample {sample:g}")

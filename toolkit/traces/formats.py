@@ -684,10 +684,13 @@ def writing(dst: Path) -> Iterator[None]:
         raise InputError(dst, f"cannot write the output: {exc.strerror or ' '.join(str(exc).split())}") from None
 
 
-def convert_trace_streaming(src: str | Path, dst: str | Path, fmt: str = "auto", chunk_rows: int = 1_000_000) -> int:
+def convert_trace_streaming(src: str | Path, dst: str | Path, fmt: str = "auto", chunk_rows: int = 1_000_000,
+                            select: Callable[[pa.Table], tuple[pa.Table, bool]] | None = None) -> int:
     """Convert a CSV trace of any size to a canonical Parquet file in bounded memory; returns rows written.
 
     Chunks are validated as they stream; the output appears (atomically) only once every row passed.
+    ``select`` (e.g. :func:`toolkit.traces.week.subset_selector`) maps each validated chunk, in file
+    order, to (the rows to write, whether to stop reading after it).
     """
     src, dst = check_csv_source(src), Path(dst)
     with writing(dst):
@@ -700,17 +703,21 @@ def convert_trace_streaming(src: str | Path, dst: str | Path, fmt: str = "auto",
     rows = 0
     try:
         for chunk, ctx, trace_format in iter_csv_chunks(src, fmt, chunk_rows):
-            if rows == 0:
+            first = ctx.row_offset == 0  # not rows == 0: ``select`` may keep nothing of the first chunk
+            if first:
                 origin = trace_origin(chunk, trace_format, ctx)
             table = to_trace_table(chunk, trace_format, ctx, origin, extra_metadata={"wattlas.source": src.name},
-                                   first_piece=rows == 0, previous=previous)
+                                   first_piece=first, previous=previous)
             if len(chunk):
                 previous = arrival_at(chunk, len(chunk) - 1, trace_format, origin)
+            table, stop = select(table) if select is not None else (table, False)
             with writing(dst):
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
                 writer.write_table(table.cast(writer.schema))
             rows += table.num_rows
+            if stop:
+                break
         with writing(dst):
             writer.close()
             writer = None

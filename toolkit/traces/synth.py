@@ -15,7 +15,9 @@ log-space sigma), rounded and clipped.  Everything derives from one ``seed``.
 
 The presets' parameters are set from the published summary statistics of the Azure LLM
 inference traces 2023 (conv: 5.5 req/s, CV 1.1; code: 2.6 req/s in bursts); ``longctx`` is
-a Mnemosyne-style long-context mix (median 256 K context, tail to 10 M).
+a Mnemosyne-style long-context mix (median 256 K context, tail to 10 M).  The week-long presets of
+the Azure 2024 traces (``azure2024-conv-week``, ``azure2024-code-week``) build on this generator in
+:mod:`toolkit.traces.week`.
 """
 
 from __future__ import annotations
