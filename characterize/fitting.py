@@ -39,6 +39,7 @@ from .trees import TreeEnsembleModel
 CONFIG_COLUMNS = ["chunk_tokens", "prefix_tokens", "prefill_sequences", "batch_size", "kv_tokens", "tp", "sm_clock_mhz"]
 DIAGNOSTIC = ("trees",)  # scored, shown, never selected for a replayed phase
 REPLAYED_PHASES = ("prefill", "decode", "mixed")
+IDLE_PHASE = "idle"
 CONTEXT_AXIS = {"prefill": "prefix_tokens", "mixed": "prefix_tokens", "decode": "kv_tokens", "linear": "chunk_tokens",
                 "serving": "batch_size"}
 MIN_ROWS = 12
@@ -188,7 +189,10 @@ def fit_bundle(frame: pd.DataFrame, metadata: dict | None = None, phases: list[s
     bundle = ModelBundle(metadata=dict(metadata or {}))
     skipped = []  # what could not be fitted, and why, for the user (metadata "skipped")
     warnings: list[str] = []  # what the fitted models cannot do (metadata "warnings")
-    for phase in phases or sorted(frame["phase"].dropna().unique()):
+    # "idle" rows are the GPU between iterations (a window of its power, no iteration): every power
+    # model gets them at zero load, so idle power is measured, never extrapolated from the curve.
+    idle_rows = frame[frame["phase"] == IDLE_PHASE].assign(load_tokens=0.0)
+    for phase in [p for p in (phases or sorted(frame["phase"].dropna().unique())) if p != IDLE_PHASE]:
         rows = frame[frame["phase"] == phase]
         if progress:
             progress(f"fitting {phase} ({len(rows):,} rows)")
@@ -202,6 +206,8 @@ def fit_bundle(frame: pd.DataFrame, metadata: dict | None = None, phases: list[s
         else:
             skipped.append(f"latency_s/{phase}: {len(latency_rows)} rows with a positive latency (a model needs {MIN_ROWS})")
         power_rows = rows[rows["mean_power_w"].notna() & (rows["mean_power_w"] > 0)] if "mean_power_w" in rows else rows.iloc[:0]
+        if len(power_rows) >= MIN_ROWS and not idle_rows.empty:
+            power_rows = pd.concat([power_rows, idle_rows.assign(phase=phase)], ignore_index=True)
         if len(power_rows) < MIN_ROWS:
             skipped.append(f"mean_power_w/{phase}: {len(power_rows)} rows with a measured power (a model needs {MIN_ROWS})")
         else:

@@ -164,7 +164,7 @@ PROFILE_ITERATIONS = ArtifactSchema(
         Column("backend", pa.string(), nullable=False),
         Column("gpu_name", pa.string()),
         Column("model", pa.string(), nullable=False),
-        Column("phase", pa.string(), nullable=False, doc="'prefill', 'decode' or 'mixed'"),
+        Column("phase", pa.string(), nullable=False, doc="'prefill', 'decode', 'mixed' or 'idle' (the GPU between iterations: power only)"),
         _i64("chunk_tokens", "c: prefill tokens in this iteration", nullable=False),
         _i64("prefix_tokens", "p: KV prefix the chunk attends to", nullable=False),
         _i64("batch_size", "b: decode sequences in this iteration", nullable=False),
