@@ -94,11 +94,13 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
         for candidate, scores in result.items():
             if candidate == "selected" or not isinstance(scores, dict):
                 continue
-            rows.append({"model": name, "candidate": candidate, "selected": "selected" if candidate == result.get("selected") else "-",
-                         "cv_mape_pct": scores.get("cv_mape"), "extrapolation_mape_pct": scores.get("extrapolation_mape")})
+            selected = "selected" if candidate == result.get("selected") else ("diagnostic" if scores.get("diagnostic") else "-")
+            rows.append({"model": name, "candidate": candidate, "selected": selected,
+                         "cv_mape_pct": scores.get("cv_mape"), "extrapolation_mape_pct": scores.get("extrapolation_mape"),
+                         "tp_transfer_mape_pct": scores.get("tp_transfer_mape")})
     if rows:
-        report.table(pd.DataFrame(rows).astype(object), "Held-out error (%): grouped 5-fold CV and 4x context extrapolation "
-                     "(- : not evaluated)", ".2f")
+        report.table(pd.DataFrame(rows).astype(object), "Held-out error (%): grouped 5-fold CV, 4x context extrapolation and "
+                     "leave-one-TP-out (- : not evaluated; diagnostic: scored, never selected)", ".2f")
     power_formula_said = False
     for model in bundle.models:
         where = f"{model.target}/{model.phase}"
@@ -113,11 +115,12 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
             report.table(coef, f"{where}: roofline pieces per group (latency in s = max of the two; - : no memory piece)", ".4g")
         elif model.kind == "power_saturating":
             if not power_formula_said:  # the formula once, not in every caption
-                report.paragraph("Power models (W): P = p_idle_w + dynamic_w * s(f) * (1 - exp(-load / load0)), "
-                                 "s(f) = (f / f_ref) * (v0 + (1 - v0) * f / f_ref)^2; load in tokens of the iteration.", "note")
+                report.paragraph("Power models (W): P = min(power limit, p_idle_w + dynamic_w * s(f) * (1 - exp(-load / "
+                                 "(load0 * (f / f_ref)^load0_clock_exponent)))), s(f) = (f / f_ref) * (v0 + (1 - v0) * f / f_ref)^2; "
+                                 "load in tokens of the iteration; idle_w: measured at zero load.", "note")
                 power_formula_said = True
             coef = pd.DataFrame([{**g["key"], **dict(zip(g.get("param_names") or ["p_idle_w", "dynamic_w", "load0", "v0"], g["params"])),
-                                  "n": g.get("n")} for g in model.groups]).astype(object)
+                                  "idle_w": g.get("idle_w"), "n": g.get("n")} for g in model.groups]).astype(object)
             f_ref = getattr(model, "f_ref", None)
             report.table(coef, f"{where}: power model per group (f_ref {f_ref:,.0f} MHz, load = {getattr(model, 'load_column', '-')})"
                          if f_ref else f"{where}: power model per group", ".4g")
