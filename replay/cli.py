@@ -81,25 +81,34 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     if out_dir is not None:  # with the inputs read, fail now rather than after the replay
         ensure_writable_dir(out_dir)
         if policy == "dynamollm":
-            ensure_writable_dir(_baseline_dir(out_dir))
+            for where in (_baseline_dir(out_dir), _baseline_dir(out_dir, "peak_static"), _baseline_dir(out_dir, "best_static")):
+                ensure_writable_dir(where)
     controller = None
     if policy == "dynamollm":
         from .policies.dynamollm import plan
 
+        base_config, dyn_cfg = config, policy_configs(config)[0]
         try:
-            dyn_plan = plan(trace, bundle, config, policy_configs(config)[0])
+            dyn_plan = plan(trace, bundle, config, dyn_cfg)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
         config, controller = dyn_plan.config, dyn_plan.controller()
     elif policy == "polca":
-        from .policies.polca import PolcaController
+        from .policies.polca import PolcaConfig, PolcaController, provisioned_peak_w
 
         polca = policy_configs(config)[1]
+        source = config.polca.get("budget_source")
+        if polca is None and source == "provisioned_peak":  # the row's servers at full load
+            polca = PolcaConfig(**{**config.polca, "budget_w": provisioned_peak_w(config, bundle)})
         if polca is None:
-            raise click.ClickException("--policy polca needs a [polca] table with budget_w in the cluster TOML "
-                                       "(or use `wattlas replay polca-search`)")
+            raise click.ClickException("--policy polca needs a [polca] table with budget_w (or budget_source = "
+                                       "\"provisioned_peak\") in the cluster TOML (or use `wattlas replay polca-search`"
+                                       + (", which measures the original row's peak)" if source == "measured_peak" else ")"))
         controller = PolcaController(polca)
     priority = trace["priority"].to_numpy(dtype=object) if "priority" in trace else None
+    trace_priority = priority
+    if policy == "dynamollm":  # routed by the plan's labels (each request's predicted class), not by length
+        priority = dyn_plan.labels
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -124,30 +133,53 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     summary.update({"trace": str(trace_path), "models": str(models_path), "cluster": str(cluster_path) if cluster_path else "default",
                     "simulated_models": bundle.simulated, "synthetic_trace": trace_meta.get("wattlas.synthetic") == "true",
                     "policy_name": policy, "rate_scale": rate_scale})
-    if policy == "dynamollm":  # the static deployment with the same GPUs, for the savings
-        from .policies.dynamollm import baseline_for
-
-        base = replay(trace, bundle, baseline_for(dyn_plan, bundle), priority=priority)
-        base_summary = {**base.summary, **{k: summary[k] for k in ("trace", "models", "simulated_models", "synthetic_trace", "rate_scale")},
-                        "policy_name": "baseline (static, same GPUs)"}
-        if out_dir is not None:
-            _write_outputs(base, base_summary, _baseline_dir(out_dir), bundle.simulated)
-        summary["baseline"] = {k: base_summary.get(k) for k in ("energy_kwh", "carbon_kg", "cost_usd", "slo_attainment",
-                                                                 "ttft_p99_s", "tbt_p99_s", "gpus")}
-        if summary.get("energy_kwh") and base_summary.get("energy_kwh"):
-            summary["savings_vs_baseline"] = {
-                "energy_pct": 100 * (1 - summary["energy_kwh"] / base_summary["energy_kwh"]),
-                "carbon_pct": 100 * (1 - summary["carbon_kg"] / base_summary["carbon_kg"]),
-                "cost_pct": 100 * (1 - summary["cost_usd"] / base_summary["cost_usd"]),
-            }
+    if policy == "dynamollm":
+        _dynamollm_baselines(trace, bundle, base_config, dyn_cfg, dyn_plan, result, summary, trace_priority, out_dir)
     if out_dir is not None:
         _write_outputs(result, summary, out_dir, bundle.simulated)
     return summary
 
 
-def _baseline_dir(out_dir: Path) -> Path:
-    """Where dynamollm's static baseline run goes, beside ``out_dir``."""
-    return out_dir.parent / f"{out_dir.name}_baseline"
+def _baseline_dir(out_dir: Path, name: str = "baseline") -> Path:
+    """Where one of dynamollm's static baseline runs goes, beside ``out_dir``: ``OUT_baseline`` (the
+    same GPUs as DynamoLLM, all at the highest clock), ``OUT_peak_static``, ``OUT_best_static``."""
+    return out_dir.parent / f"{out_dir.name}_{name}"
+
+
+def _dynamollm_baselines(trace, bundle, base_config, dyn_cfg, dyn_plan, result, summary: dict, trace_priority,
+                         out_dir: Path | None) -> None:
+    """Judge a DynamoLLM replay: replay peak_static and best_static (and the old same-GPUs static run)
+    on the same trace and bundle, put ``baselines``, ``savings`` and ``accounting`` in ``summary``
+    with the mispredicted requests' outcomes, and write the runs and ``events.parquet`` under
+    ``out_dir``'s siblings and ``out_dir``."""
+    from .engine import replay
+    from .policies.baselines import accounting, judge
+    from .policies.dynamollm import baseline_for, events_table, outgrown_outcomes
+
+    result.requests["priority"] = trace_priority  # (the routing labels were the predicted classes)
+    summary["policy"].update(outgrown_outcomes(result.requests, dyn_plan))
+    shared = {k: summary[k] for k in ("trace", "models", "simulated_models", "synthetic_trace", "rate_scale")}
+    same = replay(trace, bundle, baseline_for(dyn_plan, bundle))
+    runs = {"baseline": (same, "static, the same GPUs as DynamoLLM at the highest clock (not the comparison)")}
+    baselines = {"same_gpus_static": {**{k: same.summary.get(k) for k in ("gpus", "slo_attainment", "ttft_p99_s", "tbt_p99_s")},
+                                      **accounting(same.summary, dyn_cfg, base_config.pue)}}
+    if dyn_cfg.baselines:
+        entries, saved, mine, judged = judge(trace, bundle, base_config, dyn_cfg, summary)
+        baselines = {**entries, **baselines}
+        summary["savings"] = saved
+        summary["accounting"] = {"dynamollm": mine, "carbon_g_per_kwh": dyn_cfg.carbon_g_per_kwh,
+                                 "embodied_g_per_gpu_hour": dyn_cfg.embodied_g_per_gpu_hour,
+                                 "gpu_hour_usd": dyn_cfg.gpu_hour_usd, "energy_usd_per_kwh": dyn_cfg.energy_usd_per_kwh,
+                                 "pue": base_config.pue}
+        runs.update({name: (b.result, f"{name}: {b.sized_by}") for name, b in judged.items()})
+    summary["baselines"] = baselines
+    if out_dir is None:
+        return
+    from toolkit.parquet_io import atomic_write_table
+
+    for name, (run, label) in runs.items():
+        _write_outputs(run, {**run.summary, **shared, "policy_name": label}, _baseline_dir(out_dir, name), bundle.simulated)
+    atomic_write_table(events_table(result.events, bundle.simulated), out_dir / "events.parquet")
 
 
 def format_summary(s: dict) -> str:
@@ -171,21 +203,76 @@ def _policy_lines(s: dict) -> list[str]:
     lines = []
     policy = s.get("policy") or {}
     if policy.get("name") == "dynamollm":
-        for c in policy["classes"]:
-            tps = "/".join(f"TP{tp}" for tp in c["tps_used"])
-            lines.append(f"  class {c['class']:<12} {c['gpus']} GPUs as {tps} (mean active {c['mean_active']:.1f}), clocks {c['clocks_used']}")
-        lines.append(f"  reconfigurations {policy['reconfigurations']} (clock changes {policy['clock_changes']}, "
-                     f"planned scale-outs {policy['scale_outs']}, reactive scale-outs {policy['reactive_scale_outs']}, "
-                     f"re-shards {policy['reshards']})")
+        lines += _dynamollm_lines(s, policy)
     if policy.get("name") == "polca":
         lines.append(f"  POLCA: budget {policy['budget_w']:.0f} W, peak row power {policy['peak_row_power_w']:.0f} W, "
                      f"{policy['capping_events']} capping events, low capped {policy['capped_low_s']:.0f} s, "
                      f"all capped {policy['capped_all_s']:.0f} s, over budget {policy['over_budget_s']:.0f} s")
-    if "savings_vs_baseline" in s:
-        b, sv = s["baseline"], s["savings_vs_baseline"]
-        lines.append(f"  vs static baseline ({b['gpus']} GPUs, max clock): energy {sv['energy_pct']:+.1f} % saved "
-                     f"({b['energy_kwh']:.3f} kWh), carbon {sv['carbon_pct']:+.1f} %, cost {sv['cost_pct']:+.1f} %, "
-                     f"baseline SLO attainment {b['slo_attainment'] * 100:.1f} %")
+        if "brake_events" in policy:
+            lines.append(f"  POLCA: {policy['brake_events']} power-brake events ({policy['braked_s']:.0f} s braked); "
+                         f"telemetry delay {policy['telemetry_delay_s']:g} s, actuation delay {policy['actuation_delay_s']:g} s")
+    return lines
+
+
+def _fixed(value: float, decimals: int = 3) -> str:
+    """A number in fixed notation (never scientific), trailing zeros dropped: 0.005 -> "0.005"."""
+    text = f"{value:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _saving(fraction: float | None, what: str) -> str:
+    """A saving fraction as words: "saves 30.2 % energy", "costs 4.1 % more energy"."""
+    if fraction is None:
+        return f"{what} n/a"
+    pct = 100 * fraction
+    if round(pct, 1) == 0:
+        return f"the same {what}"
+    return f"saves {pct:,.1f} % {what}" if pct > 0 else f"costs {-pct:,.1f} % more {what}"
+
+
+def _dynamollm_lines(s: dict, policy: dict) -> list[str]:
+    """DynamoLLM's plan, control, output prediction and comparison with the static baselines;
+    every line tagged [SIMULATED] when the models were fitted to a simulated profile."""
+    tag = "[SIMULATED] " if s.get("simulated_models") else ""
+    lines = []
+    for c in policy["classes"]:
+        tps = "/".join(f"TP{tp}" for tp in c["tps_used"])
+        clocks = ", ".join(f"{f:,.0f}" for f in c["clocks_used"]) or "highest profiled"
+        lines.append(f"  {tag}class {c['class']:<12} {c['gpus']} GPUs as {tps} (mean active {c['mean_active']:.1f}), "
+                     f"{c.get('requests', 0):,} requests, clocks {clocks} MHz")
+    lines.append(f"  {tag}control: instances every {_fixed(policy['scale_period_s'])} s, TP every {_fixed(policy['period_s'])} s"
+                 f"{'' if policy.get('reshard') else ' (re-shard off)'}, clock every {_fixed(policy['clock_period_s'])} s; "
+                 f"{policy['reconfigurations']:,} changes: {policy['clock_changes']:,} clock changes stalling "
+                 f"{policy['clock_stalls']:,} instances {_fixed(policy['clock_stall_s'] * 1000, 1)} ms in all "
+                 f"({_fixed(policy['clock_switch_s'] * 1000)} ms per GPU, assumed), scale-outs {policy['scale_outs']:,} planned / "
+                 f"{policy['reactive_scale_outs']:,} reactive, scale-ins {policy['scale_ins']:,}, re-shards {policy['reshards']:,}")
+    if "predictor_accuracy" in policy:
+        outgrown = policy.get("outgrown_slo_attainment")
+        lines.append(f"  {tag}output length {policy['output_length']}: {policy['predictor_accuracy'] * 100:.1f} % of requests in "
+                     f"their true class; {policy['outgrown']:,} outgrew their predicted class (served late in place"
+                     + (f", SLO attainment {outgrown * 100:.1f} %" if outgrown is not None else "")
+                     + f"), {policy['overpredicted']:,} put in a longer class, {policy['migrated']:,} migrated")
+    baselines, saved, acct = s.get("baselines") or {}, s.get("savings") or {}, s.get("accounting") or {}
+    if acct.get("dynamollm", {}).get("energy_kwh") is not None:
+        mine = acct["dynamollm"]
+        lines.append(f"  {tag}compared with [dynamollm] accounting: DynamoLLM {mine['energy_kwh']:.3f} kWh IT, {mine['carbon_kg']:.3f} kg CO2e, ${mine['cost_usd']:,.2f} "
+                     f"({mine['gpu_hours']:.2f} GPU-h at ${_fixed(acct['gpu_hour_usd'])}/GPU-h, ${_fixed(acct['energy_usd_per_kwh'], 4)}/kWh, "
+                     f"{_fixed(acct['carbon_g_per_kwh'], 1)} g CO2/kWh, PUE {_fixed(acct['pue'], 2)})")
+    if saved and not saved.get("dynamollm_meets_slo", True):
+        lines.append(f"  {tag}DynamoLLM misses the SLO target ({saved['dynamollm_slo_attainment'] * 100:.1f} % of requests within "
+                     f"the SLOs < {saved['slo_target'] * 100:.1f} %) that the baselines meet: the comparison below is not like "
+                     f"for like")
+    for name in ("peak_static", "best_static"):
+        b, sv = baselines.get(name), saved.get(f"vs_{name}")
+        if b is None:
+            continue
+        if b.get("energy_kwh") is None or sv is None:
+            lines.append(f"  {tag}{name}: {b.get('sized_by', 'not replayed')}")
+            continue
+        lines.append(f"  {tag}{_saving(sv['energy'], 'energy')} vs {name} ({b['gpus']} GPU{'s' if b['gpus'] != 1 else ''} as TP{b['tp']} at "
+                     f"{_fixed(b['clock'] or 0, 0)} MHz, {b['energy_kwh']:.3f} kWh, SLO attainment {b['slo_attainment'] * 100:.1f} %"
+                     f"{'' if b.get('meets_slo') else ' - misses the target'}); {_saving(sv['carbon'], 'carbon')}, "
+                     f"{_saving(sv['cost'], 'cost')}")
     return lines
 
 
@@ -207,7 +294,10 @@ def run_command(trace_path: Path, models_path: Path, cluster_path: Path | None, 
                 policy: str, rate_scale: float, as_json: bool) -> None:
     """Replay a trace; writes requests.parquet, power_timeline.parquet and summary.json under --out.
 
-    dynamollm also replays the static baseline with the same GPUs (OUT_baseline/) and reports savings."""
+    dynamollm also replays peak_static (sized for the trace's peak, highest clock: OUT_peak_static/) and
+    best_static (the cheapest static deployment meeting the SLOs, searched: OUT_best_static/), reports the
+    savings against each with their sign, and writes events.parquet; OUT_baseline/ is DynamoLLM's own GPUs
+    all at the highest clock (not a comparison)."""
     from toolkit.jsonio import dump_json
 
     summary = run_replay(trace_path, models_path, cluster_path, out_dir, limit, show_progress=not as_json and sys.stderr.isatty(),
@@ -243,49 +333,110 @@ def sweep_command(trace_path: Path, models_path: Path, cluster_path: Path | None
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path), required=True)
 @click.option("--models", "models_path", type=click.Path(path_type=Path), required=True)
 @click.option("--cluster", "cluster_path", type=click.Path(path_type=Path), default=None,
-              help="Row servers as pools with priority = 'high' / 'low'; [polca] thresholds and budget_w.")
-@click.option("--max-extra", type=int, default=4, show_default=True, help="Most servers to try adding.")
-@click.option("--bound-high", type=float, default=0.05, show_default=True, help="Allowed p99 E2E increase, high priority.")
-@click.option("--bound-low", type=float, default=0.50, show_default=True, help="Allowed p99 E2E increase, low priority.")
-@click.option("--max-over-budget", type=float, default=0.005, show_default=True,
-              help="Largest share of 1-s intervals allowed over the budget (capping only trims dynamic power).")
-@click.option("--rate-scale", type=float, default=1.0, show_default=True, help="Load of the original row, x the trace's rate.")
-@click.option("--high-priority-fraction", type=float, default=0.5, show_default=True,
+              help="Row servers as pools with priority = 'high' / 'low'; [polca] thresholds, delays, budget.")
+@click.option("--max-extra", type=click.IntRange(min=0), default=4, show_default=True, help="Most servers to try adding.")
+@click.option("--seeds", type=click.IntRange(min=1, max=1000), default=3, show_default=True,
+              help="Replications of every addition (priority labels, router seed, trace rotated in time); impacts are "
+                   "means over them, with a confidence interval.")
+@click.option("--bound-high", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Allowed mean p99 E2E increase, high priority (0.05: 5 %).")
+@click.option("--bound-low", type=click.FloatRange(min=0), default=0.50, show_default=True,
+              help="Allowed mean p99 E2E increase, low priority.")
+@click.option("--max-over-budget", type=click.FloatRange(min=0, max=1), default=0.005, show_default=True,
+              help="Largest share of the time the metered row power may be over the budget, in any replication.")
+@click.option("--budget", "budget_source", type=click.Choice(["provisioned_peak", "measured_peak", "fixed"]), default=None,
+              help="Row budget: the original servers' full-load power (provisioned_peak), the original row's peak "
+                   "metered power replaying the trace uncapped (measured_peak), or budget_w (fixed).  Default: "
+                   "[polca] budget_source, else fixed when budget_w is set, else provisioned_peak.")
+@click.option("--budget-w", type=click.FloatRange(min=0, min_open=True, max=1e9), default=None,
+              help="The fixed budget (W); implies --budget fixed.")
+@click.option("--telemetry-delay", type=click.FloatRange(min=0, max=3600), default=None,
+              help="Seconds between the row meter's reading and the controller seeing it (default: [polca], 2 s assumed).")
+@click.option("--actuation-delay", type=click.FloatRange(min=0, max=3600), default=None,
+              help="Seconds between a capping decision and the servers' clocks changing (default: [polca], 1 s assumed).")
+@click.option("--brake/--no-brake", default=None, help="The power brake as last resort (default: [polca], on).")
+@click.option("--rate-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Load of the original row, x the trace's rate.")
+@click.option("--high-priority-fraction", type=click.FloatRange(min=0, max=1), default=0.5, show_default=True,
               help="For traces without a priority column (Azure): seeded random labels, this share high.")
+@click.option("--allow-extrapolation", is_flag=True,
+              help="Cap and brake clocks below the profiled range as given (latency models extrapolated, by the 1/f "
+                   "law); without it they are raised to the lowest profiled clock.")
+@click.option("--json", "as_json", is_flag=True, help="The answer and the frontier as JSON on stdout.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV, one row per servers-added.")
-def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None, max_extra: int, bound_high: float,
-                 bound_low: float, max_over_budget: float, rate_scale: float, high_priority_fraction: float,
+def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None, max_extra: int, seeds: int,
+                 bound_high: float, bound_low: float, max_over_budget: float, budget_source: str | None,
+                 budget_w: float | None, telemetry_delay: float | None, actuation_delay: float | None, brake: bool | None,
+                 rate_scale: float, high_priority_fraction: float, allow_extrapolation: bool, as_json: bool,
                  output: Path | None) -> None:
-    """POLCA: the most servers a row's power budget can take with capping, within latency bounds."""
+    """POLCA: the most servers a row's power budget can take with capping, within latency bounds.
+
+    The answer is the largest N whose every addition N' <= N passes (mean p99 impact over the
+    seeds within the bounds); whether the raw frontier was monotone is reported beside it."""
+    import time
+    from dataclasses import replace
+
     from characterize.model_io import ModelBundle
+    from toolkit.jsonio import dump_json
     from toolkit.traces.formats import read_trace
 
     from .config import ClusterConfig, load_cluster, policy_configs
     from .memory_planner import resolve_cluster
-    from .policies.polca import oversubscription_search
+    from .policies.polca import format_search, oversubscription_search, search_json
 
+    started = time.perf_counter()
     _check_output(output)
     trace = read_trace(trace_path).to_pandas()
     trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
-    if "priority" not in trace:
-        import numpy as np
-
-        rng = np.random.default_rng(0)
-        trace["priority"] = np.where(rng.random(len(trace)) < high_priority_fraction, "high", "low")
-        click.echo(f"the trace has no priorities: labelled {high_priority_fraction:.0%} high at random (seed 0)", err=True)
+    if "priority" not in trace or trace["priority"].isna().all():
+        click.echo(f"the trace has no priorities: labelled {high_priority_fraction:.0%} high at random "
+                   f"(seeded by the replication, 0 to {seeds - 1})", err=True)
     bundle = ModelBundle.load(models_path)
+    bundle.allow_extrapolation = allow_extrapolation  # (the replay marks what it extrapolated)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
     config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
-    result = oversubscription_search(trace, bundle, config, policy_configs(config)[1], max_extra, bound_high, bound_low,
-                                     max_over_budget_fraction=max_over_budget)
+    overrides = {k: v for k, v in (("telemetry_delay_s", telemetry_delay), ("actuation_delay_s", actuation_delay),
+                                   ("brake", brake), ("budget_w", budget_w)) if v is not None}
+    if budget_w is not None:
+        if budget_source not in (None, "fixed"):
+            raise click.BadParameter(f"is a fixed budget; --budget {budget_source} derives one", param_hint="--budget-w")
+        budget_source = "fixed"
+    config = replace(config, polca={**config.polca, **overrides})
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=1, desc="polca-search", unit="replay", leave=False, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = oversubscription_search(trace, bundle, config, policy_configs(config)[1], max_extra, bound_high, bound_low,
+                                         max_over_budget_fraction=max_over_budget, seeds=seeds, budget_source=budget_source,
+                                         high_priority_fraction=high_priority_fraction, progress=progress if bar else None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
     table = result["table"]
     if output:
         _write_csv(table, output)
-    label = " [SIMULATED models]" if bundle.simulated else ""
-    click.echo(f"POLCA{label}: row of {result['servers']} servers, budget {result['budget_w']:.0f} W; "
-               f"largest addition within bounds: {result['best_servers_added']} servers "
-               f"(+{100 * result['best_servers_added'] / result['servers']:.0f} %)")
-    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    extrapolated = list(getattr(bundle, "extrapolated", None) or [])
+    if as_json:
+        click.echo(dump_json({**search_json(result, bundle.simulated), "extrapolated": extrapolated or None}))
+    else:
+        click.echo(format_search(result, bundle.simulated))
+        if extrapolated:
+            click.echo(f"  [EXTRAPOLATED] beyond the profiled range: {'; '.join(extrapolated)}")
+    replays = len(result["runs"]) * 2
+    wrote = [f"the frontier CSV to {output}"] if output else []
+    wrote += ["the JSON to stdout"] if as_json else []
+    click.echo(f"polca-search: {len(table)} additions x {seeds} seed(s), {replays} replays in "
+               f"{time.perf_counter() - started:,.0f} s; wrote {' and '.join(wrote) or 'nothing to disk (-o saves the frontier CSV)'}",
+               err=True)
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:
@@ -312,14 +463,34 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
               help="Model shape (llama3-8b, llama2-70b, tiny); default: the bundle's model when it names one.")
 @click.option("--tbt-slo", type=float, default=0.05, show_default=True)
 @click.option("--kv-capacity", type=int, default=None, help="KV tokens of one TP x PP group (default: derived from the shape).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per row, as a list.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV of the sweep.")
+@click.option("--scheduler", "scheduler", type=click.Choice(["fcfs", "lars"]), default=None,
+              help="Replica batch scheduler: fcfs (short prompts wait behind the long prefill) or lars (they prefill "
+                   "beside it, least slack first).  [default: fcfs; lars with --plan]")
+@click.option("--max-tokens-per-kvp-group", "kvp_group_tokens", type=int, default=None,
+              help="KVP groups join as a sequence outgrows this many tokens a group (default: every sequence over all groups).")
+@click.option("--kvp-network", "kvp_network", type=click.Path(path_type=Path), default=None,
+              help="KVP combine from this network profile (Vidur all_reduce.csv; default: the fitted alpha + beta model).")
+@click.option("--plan", "plan", is_flag=True,
+              help="Pick the cheapest TP x SPP x KVP meeting --ttft-target, --tbt-slo and --short-ttft-target per context "
+                   "(--tp/--pp/--kvp: the candidates; default 1,2,4,8 x 1,2,4,8 x 1,2,3,4,6,8).")
+@click.option("--ttft-target", type=float, default=3600.0, show_default=True, help="--plan: the long request's TTFT target, s.")
+@click.option("--short-ttft-target", type=float, default=10.0, show_default=True,
+              help="--plan: p99 TTFT target of the short requests arriving during the long prefill, s.")
+@click.option("--minimize", type=click.Choice(["gpu-seconds", "gpus"]), default="gpu-seconds", show_default=True,
+              help="--plan: the cost to minimize (GPUs x the long request's end-to-end time, or GPUs).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row, as a list (--plan: one per context).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="CSV of the sweep (--plan: of the candidates).")
 def longctx(models_path: Path, contexts: str, tps: str | None, pps: str | None, kvps: str | None, gpu_memory_gib: float,
-            preset: str | None, tbt_slo: float, kv_capacity: int | None, as_json: bool, output: Path | None) -> None:
+            preset: str | None, tbt_slo: float, kv_capacity: int | None, scheduler: str | None, kvp_group_tokens: int | None,
+            kvp_network: Path | None, plan: bool, ttft_target: float, short_ttft_target: float, minimize: str,
+            as_json: bool, output: Path | None) -> None:
     """Mnemosyne: TTFT and TBT vs context under chunking, SPP and KVP, KV capacity from the model.
 
-    Without --tp/--pp/--kvp: the four TP1 configurations of the first study (fixed 8192-token
-    chunks, adaptive, adaptive + SPP x4, adaptive + SPP x4 + KVP x4)."""
+    One long request amid a stream of short ones (5/s).  Without --tp/--pp/--kvp: the four TP1
+    configurations of the first study (fixed 8192-token chunks, adaptive, adaptive + SPP x4,
+    adaptive + SPP x4 + KVP x4).  short_ttft_p50/p99 cover every short request that arrived during
+    the long prefill (short_unfinished of them had no first token by the end and count until then).
+    With --plan: the cheapest configuration per context and every candidate considered."""
     from characterize.model_io import ModelBundle
     from toolkit.jsonio import dump_json
     from toolkit.model_shapes import PRESETS
@@ -330,23 +501,36 @@ def longctx(models_path: Path, contexts: str, tps: str | None, pps: str | None, 
 
     lengths = _int_list(contexts, "--contexts")
     grid = [_int_list(v, o) for v, o in ((tps, "--tp"), (pps, "--pp"), (kvps, "--kvp"))]
-    if not gpu_memory_gib > 0:
-        raise click.BadParameter("must be > 0", param_hint="--gpu-memory-gib")
-    if not tbt_slo > 0:
-        raise click.BadParameter("must be > 0", param_hint="--tbt-slo")
-    if kv_capacity is not None and kv_capacity < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--kv-capacity")
+    for value, option in ((gpu_memory_gib, "--gpu-memory-gib"), (tbt_slo, "--tbt-slo"), (ttft_target, "--ttft-target"),
+                          (short_ttft_target, "--short-ttft-target")):
+        if not value > 0 or value == float("inf"):
+            raise click.BadParameter(f"must be a finite number > 0 (got {value})", param_hint=option)
+    for value, option in ((kv_capacity, "--kv-capacity"), (kvp_group_tokens, "--max-tokens-per-kvp-group")):
+        if value is not None and value < 1:
+            raise click.BadParameter("must be >= 1", param_hint=option)
     if preset is not None and preset not in PRESETS:
         raise click.BadParameter(f"{preset!r} is not one of {', '.join(PRESETS)}", param_hint="--preset")
     _check_output(output)
+    network = None
+    if kvp_network is not None:
+        from .kvp_combine import load_network_profile
+
+        network = str(kvp_network)
+        load_network_profile(network)  # (an InputError naming the file, before any replay)
     bundle = ModelBundle.load(models_path)
     shape = preset or bundle_preset(bundle)
     if shape is None and kv_capacity is None:
         raise click.BadParameter(f"the bundle names no model preset (its model: {bundle.metadata.get('model')!r}); "
                                  f"give one of {', '.join(PRESETS)} (or --kv-capacity)", param_hint="--preset")
-    configs = CONFIGS if all(g is None for g in grid) else grid_configs(*(g or [1] for g in grid))
+    scheduler = scheduler or ("lars" if plan else "fcfs")
     base = PoolConfig(instances=1, max_batch_tokens=16384, kv_capacity_tokens=kv_capacity, tbt_slo_s=tbt_slo,
-                      model_shape=shape or "llama3-8b", gpu_memory_gib=gpu_memory_gib)
+                      model_shape=shape or "llama3-8b", gpu_memory_gib=gpu_memory_gib, scheduler=scheduler,
+                      max_tokens_per_kvp_group=kvp_group_tokens, kvp_network_csv=network)
+    label = " [SIMULATED models]" if bundle.simulated else ""
+    if plan:
+        _longctx_plan(bundle, lengths, grid, base, ttft_target, tbt_slo, short_ttft_target, minimize, as_json, output, label)
+        return
+    configs = CONFIGS if all(g is None for g in grid) else grid_configs(*(g or [1] for g in grid))
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -360,17 +544,66 @@ def longctx(models_path: Path, contexts: str, tps: str | None, pps: str | None, 
     if output:
         _write_csv(table, output)
     if as_json:
-        keys = ["context_tokens", "tp", "pp", "kvp", "gpus", "ttft_s", "long_tbt_s", "decode_tbt_max_s",
-                "short_ttft_p50_s", "short_ttft_p99_s", "dropped", "drop_reason", "config"]
-        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
-                for row in table[keys].to_dict("records")]
-        click.echo(dump_json(rows))
+        keys = ["context_tokens", "tp", "pp", "kvp", "gpus", "ttft_s", "long_tbt_s", "long_tbt_max_s", "decode_tbt_max_s",
+                "short_ttft_p50_s", "short_ttft_p99_s", "shorts_during_prefill", "short_unfinished", "gpu_seconds",
+                "scheduler", "max_tokens_per_kvp_group", "dropped", "drop_reason", "config"]
+        click.echo(dump_json(_json_rows(table[keys])))
         return
-    label = " [SIMULATED models]" if bundle.simulated else ""
     click.echo(f"one long request amid a stream of short ones (5/s){label}; {base.model_shape} on {gpu_memory_gib:g} GiB "
-               f"GPUs; TBT SLO {tbt_slo * 1000:.0f} ms; decode_tbt_max_s: worst gap a short request saw during the long "
-               f"prefill; short_ttft: every short request that arrived during it")
-    shown = table[[c for c in COLUMNS if c not in ("drop_reason", "tbt_slo_s")]]
+               f"GPUs; TBT SLO {tbt_slo * 1000:.0f} ms; scheduler {scheduler}; decode_tbt_max_s: worst gap a short request "
+               f"saw during the long prefill; short_ttft: every short request that arrived during it (short_unfinished: "
+               f"without a first token at the end, counted until then)")
+    hidden = ("drop_reason", "tbt_slo_s", "scheduler", "max_tokens_per_kvp_group", "long_tbt_mean_s")
+    shown = table[[c for c in COLUMNS if c not in hidden]]
     click.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for row in table[table["dropped"]].itertuples():
         click.echo(f"  dropped {row.config} at {row.context_tokens:,} tokens: {row.drop_reason}")
+
+
+def _json_rows(table) -> list[dict]:
+    """Records of ``table`` with NaN as None (JSON has no NaN)."""
+    import numpy as np
+
+    def plain(v):
+        if isinstance(v, (np.floating, float)):
+            return None if v != v else float(v)
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+
+    return [{k: plain(v) for k, v in row.items()} for row in table.to_dict("records")]
+
+
+def _longctx_plan(bundle, lengths, grid, base, ttft_target, tbt_slo, short_ttft_target, minimize, as_json, output, label) -> None:
+    """``longctx --plan``: the cheapest configuration per context, with every candidate."""
+    import pandas as pd
+
+    from toolkit.jsonio import dump_json
+
+    from .policies.mnemosyne import PLAN_KVPS, PLAN_PPS, PLAN_TPS, plan_configuration
+
+    tps, pps, kvps = (g or default for g, default in zip(grid, (PLAN_TPS, PLAN_PPS, PLAN_KVPS)))
+    plans = [plan_configuration(bundle, n, ttft_target, tbt_slo, short_ttft_target, tps, pps, kvps, base=base,
+                                objective=minimize) for n in lengths]
+    if output:
+        _write_csv(pd.concat([p["candidates"].assign(context_tokens=p["context_tokens"]) for p in plans]), output)
+    if as_json:
+        click.echo(dump_json([{"context_tokens": p["context_tokens"],
+                               "chosen": _json_rows(pd.DataFrame([p["chosen"]]))[0] if p["chosen"] else None,
+                               "candidates": _json_rows(p["candidates"])} for p in plans]))
+        return
+    click.echo(f"plan{label}: cheapest ({minimize}) TP x SPP x KVP with TTFT <= {ttft_target:g} s, long-request and "
+               f"co-batched TBT <= {tbt_slo * 1000:g} ms, short p99 TTFT <= {short_ttft_target:g} s during the prefill "
+               f"(scheduler {base.scheduler}; {base.model_shape} on {base.gpu_memory_gib:g} GiB GPUs)")
+    for p in plans:
+        chosen = p["chosen"]
+        if chosen is None:
+            click.echo(f"\n{p['context_tokens']:,} tokens: no candidate meets the targets")
+        else:
+            click.echo(f"\n{p['context_tokens']:,} tokens: {chosen['config']} ({chosen['gpus']} GPUs): TTFT "
+                       f"{chosen['ttft_s']:.4g} s, long TBT max {chosen['long_tbt_max_s'] * 1000:.1f} ms, co-batched TBT max "
+                       f"{chosen['decode_tbt_max_s'] * 1000:.1f} ms, short p99 TTFT {chosen['short_ttft_p99_s']:.3g} s, "
+                       f"{chosen['gpu_seconds']:,.0f} GPU-s")
+        table = p["candidates"].drop(columns=["tp", "pp", "kvp"])
+        table["reason"] = table["reason"].map(lambda r: "-" if not isinstance(r, str) else r if len(r) <= 90 else r[:87] + "...")
+        click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))

@@ -1,7 +1,9 @@
 """Cluster configuration for replay, from TOML, with errors that name the file and key.
 
 ```toml
-router = "power_of_two"          # JSQ over 2 random instances; or "least_loaded" (all), "round_robin"
+router = "power_of_two"          # JSQ over 2 random instances; or "least_loaded" (all), "round_robin",
+                                 # "token_jsq" (the instance with the fewest outstanding tokens: prompt
+                                 # tokens not yet prefilled + output tokens not yet generated)
 seed = 0                         # of the router's random choices
 bin_s = 1.0                      # power timeline resolution
 gpu_hour_usd = 2.5               # cost of one GPU-hour
@@ -15,7 +17,16 @@ instances = 2
 tp = 1
 pp = 1                           # Mnemosyne sequence-pipeline-parallel stages (prefill)
 kvp = 1                          # Mnemosyne KV-parallel groups (GPUs per instance: tp * pp * kvp)
-kvp_combine_s = 0.00032          # per iteration with kvp > 1: combining partial attention (estimate)
+kvp_combine_s = 0.00032          # a fixed cost per iteration whose KV spans > 1 group; omit: modeled
+                                 # (replay/kvp_combine.py: an all-reduce a layer, growing with the groups)
+kvp_network_csv = "all_reduce.csv"  # the combine's network profile (Vidur data/profiling/network/*/all_reduce.csv);
+                                 # omit: the fitted alpha + beta x bytes model
+max_tokens_per_kvp_group = 1000000  # KVP groups join as a sequence outgrows this many tokens a group
+                                 # (a sequence of n tokens uses ceil(n / this) groups, at most kvp);
+                                 # omit: every sequence is split over all kvp groups
+scheduler = "fcfs"               # replica batch scheduler (replay/scheduler/): "fcfs" (first come, first
+                                 # served) or "lars" (Mnemosyne's length-aware slack: short prompts prefill
+                                 # beside a long one within tbt_slo_s, least slack first)
 models = "h100.json"             # this pool's model bundle (GPU type); default: the --models bundle
 sm_clock_mhz = 1980              # omit: the highest profiled clock
 max_batch_tokens = 4096          # token budget of one iteration (decodes + prefill chunk)
@@ -35,21 +46,49 @@ max_input_tokens = 1e12          # requests are routed to the first pool that ac
 max_output_tokens = 1e12         # omit (or >= 2**31 - 1): any length
 priority = "high"                # only requests of this priority (POLCA pools); omit: any
 
-[dynamollm]                      # --policy dynamollm (replay/policies/dynamollm.py)
+[dynamollm]                      # --policy dynamollm (replay/policies/dynamollm.py, baselines.py)
 input_bins = [1024, 4096]
-output_bins = [128, 512]
-period_s = 300
+output_bins = [128, 512]         # classes by input and *predicted* output length
+period_s = 300                   # TP re-shard decisions and rate forecasts
+scale_period_s = 1800            # instance-count decisions
+clock_period_s = 5               # SM clock decisions ...
+clock_window_s = 30              # ... on the arrival rate of the last this many seconds
 utilization_target = 0.7
-scale_out_s = 30                 # an activated instance powers on now, takes requests this much later
+scale_out_s = 30                 # instance start: powers on now, takes requests this much later (assumed)
 power_off_inactive = true        # instances beyond the active count power off once drained
-reshard = false                  # true: also pick each class's TP every period (re-sharding its GPUs)
-reshard_s = 30                   # a new TP layout loads its weights this long
+reshard = false                  # true: also pick each class's TP every period_s (re-sharding its GPUs)
+reshard_s = 30                   # a new TP layout loads this long; omit: weight bytes per GPU / weight_load_gb_s
+weight_load_gb_s = 5             # (assumed)
+clock_switch_s = 0.005           # stall per GPU of a clock change, serialised over a node's GPUs (assumed)
+gpus_per_node = 8
+output_length = "predicted"      # or "oracle": route by the true output length (comparison only)
+predictor_quantile = 0.5         # per input-length bucket, of past outputs; refitted every predictor_refit_s
+predictor_refit_s = 300          # on the last predictor_window_s less predictor_lag_s
+predictor_window_s = 3600
+predictor_lag_s = 60
+baselines = true                 # also replay peak_static and best_static and report the savings
+slo_target = 0.99                # SLO attainment a baseline must reach
+peak_window_s = 60               # peak_static is sized for the busiest window of this length
+carbon_g_per_kwh = 366           # comparison accounting (every run alike); sources in dynamollm.py
+embodied_g_per_gpu_hour = 0
+gpu_hour_usd = 2.5
+energy_usd_per_kwh = 0.0806
 
-[polca]                          # --policy polca (replay/policies/polca.py)
-budget_w = 3000                  # row power budget; omit: the servers' full-load power
-t1 = 0.85
-t2 = 0.95
-uncap = 0.80
+[polca]                          # --policy polca, polca-search (replay/policies/polca.py: sources, assumptions)
+budget_w = 3000                  # row power budget (W), with budget_source = "fixed" (the default when set)
+budget_source = "fixed"          # or "provisioned_peak" (the servers' full-load power summed: what the row
+                                 # was built for; the default without budget_w) or "measured_peak" (polca-search:
+                                 # the original row's peak metered power replaying the trace uncapped)
+t1 = 0.85                        # cap low priority above t1 x budget (POLCA's scheme; the values are assumed)
+t2 = 0.95                        # cap all above t2 x budget
+uncap = 0.80                     # lift the caps below uncap x budget (hysteresis); 0 < uncap < t1 <= t2
+low_cap_mhz = 1110               # SM clock of capped low-priority servers
+high_cap_mhz = 1410              # ... of capped high-priority servers (>= low_cap_mhz)
+control_s = 1.0                  # the controller reads the row meter's mean over this window, this often
+telemetry_delay_s = 2.0          # the reading is this old when the controller gets it (assumed)
+actuation_delay_s = 1.0          # a capping decision reaches the servers this much later (assumed)
+brake = true                     # power brake, the last resort: over budget with all caps in effect
+brake_mhz = 810                  # ... sends every server to this clock at once (<= low_cap_mhz; assumed)
 ```
 
 Everything is checked at load, before any replay: types (``instances = "2"`` is not a number),
@@ -84,8 +123,9 @@ if TYPE_CHECKING:
     from .policies.polca import PolcaConfig
 
 
-# KVP: combining the groups' partial attention per iteration - one small NVLink collective per
-# layer, ~10 us each on H100 for a 32-layer model (an estimate, not a measurement)
+# KVP: the first study's flat estimate of combining the groups' partial attention per iteration
+# (one small NVLink collective per layer, ~10 us each for 32 layers).  No longer the default: without
+# kvp_combine_s the combine is modeled (replay/kvp_combine.py), growing with the group count.
 KVP_COMBINE_S = 3.2e-4
 # SPP: sending one micro-batch's activations to the next stage, per stage boundary and pipeline
 # pass - latency-bound for decode-sized batches (~tens of us over NVLink or InfiniBand; an
@@ -107,10 +147,17 @@ MAX_GPU_HOUR_USD = 10_000.0
 MAX_CARBON_G_PER_KWH = 10_000.0  # coal is ~1,000
 MIN_PUE, MAX_PUE = 1.0, 10.0  # PUE is facility over IT energy: 1 at best
 MAX_SEED = 2**63 - 1
-ROUTERS = ("power_of_two", "least_loaded", "round_robin")
+ROUTERS = ("power_of_two", "least_loaded", "round_robin", "token_jsq")
 CHUNK_POLICIES = ("fixed", "adaptive")
 PRIORITIES = ("high", "low")  # as in the trace schema; POLCA caps "low" first
 MAX_SETTINGS_BYTES = 16 * 2**20  # a cluster TOML is a few hundred bytes
+
+
+def scheduler_names() -> tuple[str, ...]:
+    """The replica batch schedulers a pool may name (``replay/scheduler/``'s registry)."""
+    from .scheduler import SCHEDULERS
+
+    return tuple(SCHEDULERS)
 
 
 @dataclass
@@ -125,7 +172,10 @@ class PoolConfig:
     tp: int = 1
     pp: int = 1
     kvp: int = 1
-    kvp_combine_s: float = KVP_COMBINE_S
+    kvp_combine_s: float | None = None  # None: modeled (replay/kvp_combine.py)
+    kvp_network_csv: str | None = None  # None: the fitted combine model
+    max_tokens_per_kvp_group: int | None = None  # None: every sequence over all kvp groups
+    scheduler: str = "fcfs"  # replay/scheduler/: "fcfs" or "lars"
     models: str | None = None
     sm_clock_mhz: float | None = None
     max_batch_tokens: int = 4096
@@ -167,6 +217,9 @@ class PoolConfig:
             pp=table.number("pp", d.pp, **count, maximum=MAX_PARALLEL),
             kvp=table.number("kvp", d.kvp, **count, maximum=MAX_PARALLEL),
             kvp_combine_s=table.number("kvp_combine_s", d.kvp_combine_s, minimum=0, maximum=MAX_KVP_COMBINE_S),
+            kvp_network_csv=table.text("kvp_network_csv", d.kvp_network_csv),
+            max_tokens_per_kvp_group=table.number("max_tokens_per_kvp_group", d.max_tokens_per_kvp_group, **tokens),
+            scheduler=table.choice("scheduler", scheduler_names(), d.scheduler),
             models=table.text("models", d.models),
             sm_clock_mhz=table.number("sm_clock_mhz", d.sm_clock_mhz, minimum=0, exclusive_minimum=True,
                                       maximum=MAX_CLOCK_MHZ),
@@ -366,4 +419,14 @@ def load_cluster(path: str | Path) -> ClusterConfig:
         config.carbon_csv = str(path.parent / config.carbon_csv)  # relative to the TOML file
     if config.carbon_csv:
         load_carbon_series(config.carbon_csv)
+    for i, pool in enumerate(config.pools):  # a KVP network profile: relative to the file, checked now
+        if pool.kvp_network_csv:
+            if not Path(pool.kvp_network_csv).is_absolute():
+                pool.kvp_network_csv = str(path.parent / pool.kvp_network_csv)
+            from .kvp_combine import load_network_profile
+
+            try:
+                load_network_profile(pool.kvp_network_csv)
+            except InputError as exc:
+                raise InputError(path, f"{exc}", key=f"pool[{i}].kvp_network_csv") from None
     return config

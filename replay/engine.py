@@ -12,7 +12,10 @@ iteration latency is linear in the iteration index (each iteration adds b KV ent
 the whole stretch is computed in closed form instead of iteration by iteration.  Routing is
 join-the-shortest-queue over two random instances (``power_of_two``, the default: O(1) per
 arrival), over all instances (``least_loaded``: exact but it advances every instance at every
-arrival) or round robin.
+arrival), to the instance with the fewest outstanding tokens (``token_jsq``: prompt tokens not yet
+prefilled plus output tokens not yet generated, over all instances) or round robin.  Admission and
+the prefill pieces of each iteration are the pool's replica scheduler's (``replay/scheduler/``:
+``fcfs`` or ``lars``).
 
 Energy: each iteration's power comes from the power model at its load, idle time at the idle
 power; energy is attributed to requests by tokens processed, and binned per instance into a
@@ -38,6 +41,7 @@ import pandas as pd
 from .config import ClusterConfig, PoolConfig, route_requests
 from .cost_model import InstanceCost
 from .memory_planner import MemoryPlan, pool_plan, resolve_cluster
+from .scheduler import MIN_CHUNK, make_scheduler  # noqa: F401  (MIN_CHUNK: re-exported)
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -56,7 +60,6 @@ if TYPE_CHECKING:
 TBT_BINS_PER_DECADE = 200
 TBT_MIN_LOG = -6.0
 TBT_BINS = TBT_BINS_PER_DECADE * 10
-MIN_CHUNK = 32
 
 
 class Requests:
@@ -238,6 +241,12 @@ class Instance:
         # groups hold 1/kvp of the tokens each
         self.kv_capacity = pool.kv_capacity_tokens * pool.kvp
         self.memory = memory  # the memory plan of one GPU, when the model shape is known (drop reasons in bytes)
+        self.scheduler = make_scheduler(pool.scheduler)  # admission and prefill pieces (replay/scheduler/)
+        self.tokens_left = 0  # prompt tokens not yet prefilled + output tokens not yet generated (token_jsq)
+        # KVP groups join as a sequence outgrows max_tokens_per_kvp_group (None: all kvp, always);
+        # the KV of running decodes, largest first (lazy: finished ones are skipped when read)
+        self.kvp_cap = pool.max_tokens_per_kvp_group if pool.kvp > 1 else None
+        self._kv_heap: list[tuple[float, int]] = []
         # Power state (re-sharding): a standby instance's GPUs belong to another layout and draw
         # nothing here; a parked one finishes its requests, then hands its GPUs over (powers off).
         self.powered = not pool.standby
@@ -253,26 +262,36 @@ class Instance:
     def enqueue(self, r: int) -> None:
         """Queue request ``r`` (its row in the trace) for admission."""
         self.queue.append(r)
+        self.tokens_left += int(self.req.input[r] + self.req.output[r])
+
+    def dropped_tokens(self, r: int) -> None:
+        """Request ``r`` was dropped before its prefill: its tokens are no longer outstanding."""
+        self.tokens_left -= int(self.req.input[r] + self.req.output[r])
+
+    def groups(self, tokens: float) -> int:
+        """KVP groups a sequence of ``tokens`` KV tokens spans: all ``kvp`` without
+        ``max_tokens_per_kvp_group``, else ``ceil(tokens / max_tokens_per_kvp_group)`` (1 to kvp)."""
+        if self.kvp_cap is None:
+            return self.pool.kvp
+        return min(self.pool.kvp, max(1, -(-int(tokens) // self.kvp_cap)))
+
+    def _longest_decode(self) -> float:
+        """KV tokens of the longest running decode (0 without one); dynamic KVP only."""
+        heap, finish = self._kv_heap, self.req.finish
+        while heap and not np.isnan(finish[heap[0][1]]):
+            heapq.heappop(heap)
+        return -heap[0][0] + self.g if heap else 0.0
+
+    def decode_groups(self) -> int:
+        """KVP groups the running decodes' KV spans: those of the longest (1 without decodes)."""
+        if self.kvp_cap is None:
+            return self.pool.kvp
+        return self.groups(self._longest_decode()) if self.heap else 1
 
     # ------------------------------------------------------------------ bookkeeping
     def _admit(self) -> None:
-        pool = self.pool
-        capacity = self.kv_capacity
-        while self.queue and len(self.prefilling) + len(self.heap) < pool.max_batch_size:
-            r = self.queue[0]
-            need = int(self.req.input[r] + self.req.output[r])
-            if need > capacity:
-                self.queue.popleft()
-                reason = f"needs {need} KV tokens, instance holds {capacity}"
-                if self.memory is not None:
-                    reason += f": {self.memory.context_need(need, pool.kvp)}"
-                self.req.drop_reason[r] = reason
-                continue
-            if self.kv_reserved + need > capacity:
-                return  # wait for KV to free up
-            self.queue.popleft()
-            self.kv_reserved += need
-            self.prefilling.append([r, 0])
+        """Start what the pool's scheduler admits (``fcfs``: arrival order, the head waits for KV)."""
+        self.scheduler.admit(self)
 
     def _spend(self, duration: float, power: float | None) -> None:
         self.power_now = power
@@ -289,11 +308,14 @@ class Instance:
         """Request r finished its prompt (first token out) and starts decoding."""
         req = self.req
         left = int(req.output[r]) - 1
+        self.tokens_left -= 1  # the first token
         if left <= 0:
             self._release(r)
             return
         heapq.heappush(self.heap, (self.g + left, r))
         self.s += float(req.input[r] + 1) - self.g
+        if self.kvp_cap is not None:
+            heapq.heappush(self._kv_heap, (-(float(req.input[r] + 1) - self.g), r))
         req.e_join[r] = self.e_seq
         req.h_join[r] = len(self.history)
 
@@ -303,6 +325,7 @@ class Instance:
         self.e_seq += energy_per_seq
         self.history.append(latency_max)
         heap, req = self.heap, self.req
+        self.tokens_left -= n * len(heap)
         while heap and heap[0][0] <= self.g:
             _, r = heapq.heappop(heap)
             self.s -= float(req.input[r] + 1) - (self.g - (int(req.output[r]) - 1))
@@ -312,44 +335,31 @@ class Instance:
 
     # ------------------------------------------------------------------ iterations
     def _mixed_iteration(self) -> bool:
-        """One iteration with prefill pieces: without SPP every prefilling prompt may add a chunk
-        (one batch); with ``pp`` > 1 up to ``pp`` chunks fill the stage slots, consecutive chunks
-        of one prompt included, each at most ``max_batch_tokens`` (cost_model module docstring)."""
+        """One iteration with the prefill pieces the pool's scheduler picks (``fcfs``: without SPP
+        every prefilling prompt may add a chunk (one batch); with ``pp`` > 1 up to ``pp`` chunks fill
+        the stage slots, consecutive chunks of one prompt included, each at most
+        ``max_batch_tokens`` - cost_model module docstring) beside all running decodes.  With dynamic
+        KVP the iteration's KV spans the groups of its longest sequence or prefix."""
         pool, cost, req = self.pool, self.cost, self.req
         pp = pool.pp
         b = len(self.heap)
         k_sum = self.s + b * self.g
-        budget = pool.max_batch_tokens * pp - b
-        pieces = []  # (item, chunk tokens, prefix tokens)
-        c_sum = cp_sum = c2_sum = p_sum = 0.0
-        for item in self.prefilling:
-            r, done = item
-            while budget > 0 and (pp == 1 or len(pieces) < pp):
-                cap = pool.chunk_size
-                if pool.chunk_policy == "adaptive":
-                    cap = cost.largest_chunk(done, b, k_sum, pool.tbt_slo_s, scheduled=(c_sum, cp_sum, c2_sum, p_sum),
-                                             n=len(pieces))
-                    if pieces and cap < MIN_CHUNK:
-                        break  # the SLO budget of this iteration is spent; later pieces wait
-                    cap = max(MIN_CHUNK, cap)  # the first piece always progresses
-                c = min(int(req.input[r]) - done, budget, cap, pool.max_batch_tokens)
-                if c <= 0:
-                    break
-                pieces.append((item, c, done))
-                c_sum += c
-                cp_sum += c * done
-                c2_sum += c * c
-                p_sum += done
-                budget -= c
-                done += c
-                if pp == 1:
-                    break  # without SPP a prompt gives one chunk an iteration
-            if budget <= 0 or (pp > 1 and len(pieces) >= pp):
-                break
+        groups = self.decode_groups()
+        pieces = self.scheduler.plan(self, b, k_sum, groups)  # (item, chunk tokens, prefix tokens)
         if not pieces:
             return False
-        full = [cost.piece_latency(c, done) for _, c, done in pieces] if pp > 1 else []
-        latency = cost.iteration_latency(c_sum, cp_sum, c2_sum, p_sum, b, k_sum, n=len(pieces), largest=max(full, default=0.0))
+        c_sum = cp_sum = c2_sum = p_sum = 0.0
+        for _, c, done in pieces:
+            c_sum += c
+            cp_sum += c * done
+            c2_sum += c * c
+            p_sum += done
+            if self.kvp_cap is not None:
+                groups = max(groups, self.groups(done))
+        self.tokens_left -= int(c_sum)  # (the decodes' tokens: in _decoded)
+        full = [cost.piece_latency(c, done, groups) for _, c, done in pieces] if pp > 1 else []
+        latency = cost.iteration_latency(c_sum, cp_sum, c2_sum, p_sum, b, k_sum, n=len(pieces), largest=max(full, default=0.0),
+                                         groups=groups)
         power = cost.iteration_power(c_sum, b)
         share = power * latency / (c_sum + b) if power is not None else 0.0
         for (r, _), c, _ in pieces:
@@ -381,9 +391,14 @@ class Instance:
         cost = self.cost
         b = len(self.heap)
         k_sum = self.s + b * self.g
-        first = cost.iteration_latency(0, 0, 0, 0, b, k_sum)
-        slope = cost.iteration_latency(0, 0, 0, 0, b, k_sum + b) - first
+        groups = self.decode_groups()
+        first = cost.iteration_latency(0, 0, 0, 0, b, k_sum, groups=groups)
+        slope = cost.iteration_latency(0, 0, 0, 0, b, k_sum + b, groups=groups) - first
         n = self.heap[0][0] - self.g if self.fast_forward else 1
+        if self.kvp_cap is not None and groups < self.pool.kvp:
+            # the stretch ends where the longest sequence outgrows its groups (one more joins)
+            longest = self._longest_decode()
+            n = max(1, min(n, int(groups * self.kvp_cap - longest) + 1))
         if math.isfinite(until) and n > 1:
             # iterations that *start* before ``until``: S(m) = m*first + slope*m(m-1)/2 < until - t
             gap = until - self.t
@@ -504,16 +519,32 @@ class ClusterState:
             pool = self.config.pools[pool_index]
             bundle = self._bundles.get(pool.models) or next(iter(self._bundles.values()))
             self._costs[key] = InstanceCost.from_bundle(bundle, pool.tp, sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s,
-                                                        pp_transfer_s=pool.pp_transfer_s)
+                                                        pp_transfer_s=pool.pp_transfer_s, model_shape=pool.model_shape,
+                                                        network=pool.kvp_network_csv)
         return self._costs[key]
 
-    def set_clock(self, t: float, instance: int, sm_clock_mhz: float | None, reason: str = "") -> None:
+    def _event(self, t: float, kind: str, pool: str, from_value, to_value, cost_s: float, reason: str,
+               instance: int | None = None, **extra) -> None:
+        """Record a policy event: its kind (clock, scale, power_up, reshard), time (s), pool and
+        instance (None: the pool), the value before and after (MHz, instances, TP), its cost (s
+        the instances stall or load) and reason; ``extra`` keys as earlier events had them."""
+        self.events.append({"t_s": t, "kind": kind, "pool": pool, "instance": instance, "from_value": from_value,
+                            "to_value": to_value, "cost_s": cost_s, "reason": reason, **extra})
+
+    def set_clock(self, t: float, instance: int, sm_clock_mhz: float | None, reason: str = "",
+                  stall_s: float = 0.0) -> None:
         """Run ``instance`` at ``sm_clock_mhz`` (None: the highest profiled clock) from ``t`` on,
-        recording an event with ``reason``."""
+        recording an event with ``reason``.  A powered instance first stalls ``stall_s`` (the clock
+        switch): it runs nothing, at idle power, from ``t`` (or the end of the iteration in flight)
+        for that long; its requests wait."""
         inst = self.instances[instance]
+        before = inst.clock
         inst.set_cost(self.cost_at(inst.pool_index, sm_clock_mhz))
         inst.clock = sm_clock_mhz
-        self.events.append({"t_s": t, "instance": instance, "pool": inst.pool.name, "sm_clock_mhz": sm_clock_mhz, "reason": reason})
+        stalled = stall_s if stall_s > 0 and inst.powered else 0.0
+        if stalled:
+            inst.idle_until(max(inst.t, t) + stalled)
+        self._event(t, "clock", inst.pool.name, before, sm_clock_mhz, stalled, reason, instance, sm_clock_mhz=sm_clock_mhz)
 
     def reshard(self, t: float, routed_pool: int, layout_pool: int, n: int, sm_clock_mhz: float | None,
                 warmup_s: float, reason: str = "", power_off_rest: bool = False) -> None:
@@ -533,8 +564,9 @@ class ClusterState:
                 inst.clock = sm_clock_mhz
         self.redirect[routed_pool] = layout_pool
         self.active[layout_pool] = n
-        self.events.append({"t_s": t, "pool": self.config.pools[layout_pool].name, "active": self.active[layout_pool],
-                            "sm_clock_mhz": sm_clock_mhz, "reason": f"{reason} re-shard from {self.config.pools[current].name}"})
+        self._event(t, "reshard", self.config.pools[layout_pool].name, self.config.pools[current].tp,
+                    self.config.pools[layout_pool].tp, warmup_s, f"{reason} re-shard from {self.config.pools[current].name}",
+                    active=self.active[layout_pool], sm_clock_mhz=sm_clock_mhz)
 
     def set_active(self, t: float, pool_index: int, n: int, reason: str = "", power_off_rest: bool = False) -> None:
         """Route to the first ``n`` members; with ``power_off_rest`` the others power off once drained
@@ -542,16 +574,22 @@ class ClusterState:
         members = self.members[pool_index]
         n = max(1, min(n, len(members)))
         if n != self.active[pool_index]:
-            self.events.append({"t_s": t, "pool": self.config.pools[pool_index].name, "active": n, "reason": reason})
+            self._event(t, "scale", self.config.pools[pool_index].name, self.active[pool_index], n, 0.0, reason, active=n)
         self.active[pool_index] = n
-        self.power_up(t, pool_index, n)
+        self.power_up(t, pool_index, n, reason)
         if power_off_rest:
             self._park(t, members[n:])
 
-    def power_up(self, t: float, pool_index: int, n: int) -> None:
-        """Power on the first ``n`` members (warming up ahead of routing to them)."""
-        for i in self.members[pool_index][:n]:
+    def power_up(self, t: float, pool_index: int, n: int, reason: str = "", cost_s: float = 0.0) -> None:
+        """Power on the first ``n`` members (warming up ahead of routing to them: the caller routes
+        to them ``cost_s`` later, the instance start recorded as the event's cost)."""
+        members = self.members[pool_index]
+        before = sum(1 for i in members if self.instances[i].powered)
+        for i in members[:n]:
             self.instances[i].power_on(t, t)
+        after = sum(1 for i in members if self.instances[i].powered)
+        if after != before:
+            self._event(t, "power_up", self.config.pools[pool_index].name, before, after, cost_s, reason)
 
     def _park(self, t: float, indices) -> None:
         for i in indices:
@@ -592,7 +630,8 @@ def replay(trace: pd.DataFrame, bundle: ModelBundle, config: ClusterConfig, prio
         pool_bundle = bundles[pool.models] if pool.models else bundle
         bundles.setdefault(None, bundle)
         cost = InstanceCost.from_bundle(pool_bundle, pool.tp, pool.sm_clock_mhz, pool.pp, pool.kvp, pool.kvp_combine_s,
-                                        pp_transfer_s=pool.pp_transfer_s)
+                                        pp_transfer_s=pool.pp_transfer_s, model_shape=pool.model_shape,
+                                        network=pool.kvp_network_csv)
         if not pool.standby:
             cost.check_range(pool)
         memory = pool_plan(pool, pool_bundle)
@@ -630,6 +669,10 @@ def replay(trace: pd.DataFrame, bundle: ModelBundle, config: ClusterConfig, prio
             for i in group:
                 instances[i].advance(t)
             target = min(group, key=lambda i: instances[i].outstanding)
+        elif router == "token_jsq":  # the fewest outstanding tokens (prompt to prefill + output to generate)
+            for i in group:
+                instances[i].advance(t)
+            target = min(group, key=lambda i: instances[i].tokens_left)
         elif router == "power_of_two":
             # JSQ(2): two distinct instances at random, the shorter queue wins.  Only those two are
             # advanced, so the others' decode stretches are not cut at every arrival.

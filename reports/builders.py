@@ -236,9 +236,11 @@ def add_replays(report: Report, run_dirs: list[Path], labels: list[str] | None =
                     classes[column] = classes[column].map(_join_values)
             classes = classes.rename(columns={"clocks_used": "clocks_used_mhz"})
             report.table(classes.astype(object), f"{label}: DynamoLLM plan per request class", ",.3g")
-        if "savings_vs_baseline" in s:
-            report.key_values({k.replace("_pct", ""): _saving(v) for k, v in s["savings_vs_baseline"].items()},
-                              f"{label}: against the static baseline")
+        for name, saved in (s.get("savings") or {}).items():  # vs_peak_static, vs_best_static: fractions
+            if isinstance(saved, dict) and any(k in saved for k in ("energy", "carbon", "cost")):
+                report.key_values({k: _saving(100 * v if v is not None else None) for k, v in saved.items()
+                                   if k in ("energy", "carbon", "cost")},
+                                  f"{label}: DynamoLLM against {name.replace('vs_', '')}")
     if any((s.get("policy") or {}).get("name") == "dynamollm" for s in summaries.values()):
         report.paragraph("Not shown yet: a DynamoLLM timeline of clock and active instances per class (the replay output "
                          "does not record it).", "note")

@@ -1,6 +1,9 @@
 """Mnemosyne as the paper runs it: KV capacity from the model, SPP decode accounting, KVP, `replay longctx`."""
 
 import json
+import re
+
+import numpy as np
 
 import pytest
 
@@ -162,3 +165,70 @@ def test_longctx_cli_json_rows(run_cli, tmp_path, sim_full_shape_bundle):
     assert legacy.exit_code == 0 and "adaptive + SPP x4 + KVP x4" in legacy.output
     bad = run_cli("replay", "longctx", "--models", models, "--tp", "0")
     one_error_line(bad, "--tp")
+
+
+def test_every_short_request_arriving_during_the_long_prefill_is_counted_finished_or_not():
+    from replay.policies.mnemosyne import censored_waits, context_sweep
+
+    waits, unfinished = censored_waits(np.array([1.0, 2.0, 3.0]), np.array([1.5, np.nan, 3.25]), 10.0)
+    assert list(waits) == [0.5, 8.0, 0.25] and unfinished == 1  # no first token: waiting until the end
+    config = ClusterConfig(pools=[PoolConfig(instances=1, chunk_policy="adaptive", max_batch_tokens=16384)],
+                           router="round_robin")
+    alone = replay(trace([1.0], [300_000], [256]), linear_bundle(), config).requests.iloc[0]
+    stream = np.arange(0.0, 1.0 + 1.5 * alone.e2e_s, 1 / 5.0)
+    for scheduler in ("fcfs", "lars"):
+        base = PoolConfig(instances=1, max_batch_tokens=16384, kv_capacity_tokens=None, scheduler=scheduler)
+        row = context_sweep(linear_bundle(), [300_000], configs={"x": {"chunk_policy": "adaptive"}}, base=base).iloc[0]
+        expected = ((stream >= 1.0) & (stream < 1.0 + row["ttft_s"])).sum()
+        assert row["shorts_during_prefill"] == expected > 0 and row["short_unfinished"] == 0
+        assert row["scheduler"] == scheduler
+
+
+def _plan(**kw):
+    from replay.policies.mnemosyne import plan_configuration
+
+    args = dict(tps=(1, 2), pps=(1, 2, 4), kvps=(1, 2))
+    args.update(kw)
+    return plan_configuration(linear_bundle(), 600_000, args.pop("ttft_target_s", 15.0), 0.05, **args)
+
+
+def test_plan_picks_the_cheapest_configuration_meeting_the_targets():
+    plan = _plan()
+    table, chosen = plan["candidates"], plan["chosen"]
+    assert chosen is not None and len(table) == 12 and (table["status"] == "chosen").sum() == 1
+    assert chosen["ttft_s"] <= 15.0 and chosen["decode_tbt_max_s"] <= 0.05 * 1.001
+    assert chosen["long_tbt_max_s"] <= 0.05 * 1.001 and chosen["short_ttft_p99_s"] <= 10.0
+    meets = table[table["status"] == "meets"]
+    assert (meets["gpu_seconds"] >= chosen["gpu_seconds"]).all()
+    misses = table[table["status"] == "misses"]
+    assert misses["reason"].notna().all()
+    # 0.6 M tokens do not fit one GPU's KV (0.45 M): refused with the bytes
+    one = table.set_index("config").loc["TP1 x SPP1 x KVP1"]
+    assert one["status"] == "rejected" and "GB of KV per GPU" in one["reason"]
+    # a target no configuration meets: none chosen, each candidate says why
+    impossible = _plan(ttft_target_s=0.5)
+    assert impossible["chosen"] is None and impossible["candidates"]["reason"].notna().all()
+    fewest = _plan(objective="gpus")["chosen"]
+    assert fewest["gpus"] <= chosen["gpus"]
+
+
+def test_longctx_plan_and_scheduler_options(run_cli, tmp_path):
+    models = linear_bundle().save(tmp_path / "m.json")
+    result = run_cli("replay", "longctx", "--models", models, "--contexts", "600000", "--plan", "--tp", "1", "--pp", "1,2,4",
+                     "--kvp", "1,2", "--ttft-target", "15", "--json")
+    assert result.exit_code == 0, result.output
+    (plan,) = json.loads(result.output)
+    assert plan["context_tokens"] == 600000 and plan["chosen"]["status"] == "chosen"
+    assert len(plan["candidates"]) == 6 and {"config", "status", "reason", "est_ttft_s", "gpu_seconds"} <= set(plan["candidates"][0])
+    text = run_cli("replay", "longctx", "--models", models, "--contexts", "600000", "--plan", "--tp", "1", "--pp", "2,4",
+                   "--kvp", "1", "--ttft-target", "15")
+    assert text.exit_code == 0 and "600,000 tokens: TP1 x SPP4 x KVP1 (4 GPUs)" in text.output
+    assert re.search(r"misses +TTFT [0-9.]+ s > 15 s", text.output)  # SPP2: replayed, and why it misses
+    rows = run_cli("replay", "longctx", "--models", models, "--contexts", "200000", "--tp", "1", "--pp", "1", "--kvp", "2",
+                   "--scheduler", "lars", "--max-tokens-per-kvp-group", "150000", "--json")
+    assert rows.exit_code == 0, rows.output
+    (row,) = json.loads(rows.output)
+    assert row["scheduler"] == "lars" and row["max_tokens_per_kvp_group"] == 150000 and row["short_unfinished"] == 0
+    assert row["short_ttft_p99_s"] < 1.0
+    one_error_line(run_cli("replay", "longctx", "--models", models, "--scheduler", "sjf"), "--scheduler")
+    one_error_line(run_cli("replay", "longctx", "--models", models, "--plan", "--ttft-target", "0"), "--ttft-target")
