@@ -177,17 +177,10 @@ def op_work(op: str, hidden: int, heads: int, kv_heads: int, intermediate: int, 
 
 def _read_csv(path: str | Path, what: str) -> pd.DataFrame:
     """A CSV as a frame, or an :class:`InputError` saying why not."""
+    from toolkit.validation import read_csv_table
+
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file")
-    try:
-        raw = pd.read_csv(path)
-    except UnicodeDecodeError:
-        raise InputError(path, "not UTF-8 text") from None
-    except pd.errors.EmptyDataError:
-        raise InputError(path, "file is empty") from None
-    except pd.errors.ParserError as exc:
-        raise InputError(path, f"malformed CSV: {' '.join(str(exc).split())}") from None
+    raw = read_csv_table(path)
     if raw.empty:
         raise InputError(path, f"no data rows: not a {what}")
     return raw

@@ -415,14 +415,9 @@ def detect(columns: list[str]) -> str | None:
 
 
 def _load_table(path: Path, fmt: str) -> tuple[str, pd.DataFrame]:
-    try:
-        raw = pd.read_csv(path)
-    except UnicodeDecodeError:
-        raise InputError(path, "not UTF-8 text") from None
-    except pd.errors.EmptyDataError:
-        raise InputError(path, "file is empty") from None
-    except pd.errors.ParserError as exc:
-        raise InputError(path, f"malformed CSV: {exc}") from None
+    from toolkit.validation import read_csv_table
+
+    raw = read_csv_table(path)
     name = detect(list(raw.columns)) if fmt == "auto" else fmt
     if name is None:
         raise InputError(path, "unrecognized measurement table (expected a wattlas profile, Vidur mlp/attention, "

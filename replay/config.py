@@ -379,21 +379,15 @@ def policy_configs(config: ClusterConfig) -> tuple[DynamoConfig, PolcaConfig | N
 
 def load_carbon_series(path: str | Path) -> tuple:
     """(t_s, g_per_kwh) arrays of a grid carbon-intensity CSV, validated."""
-    import pandas as pd
     import pyarrow as pa
 
     from toolkit.schemas import ArtifactSchema, Column
     from toolkit.validation import RowContext, validate_frame
 
+    from toolkit.validation import read_csv_table
+
     path = Path(path)
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a readable CSV ({exc})") from None
-    except OSError as exc:  # a directory, no permission
-        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+    frame = read_csv_table(path)
     schema = ArtifactSchema("carbon_series", 1, (Column("t_s", pa.float64(), nullable=False, minimum=0),
                                                  Column("g_per_kwh", pa.float64(), nullable=False, minimum=0)), sorted_by="t_s")
     table = validate_frame(frame, schema, RowContext(path, 0, 1))

@@ -81,15 +81,10 @@ def load_network_profile(path: str | Path) -> NetworkProfile:
     """A Vidur ``all_reduce.csv`` network profile, validated (InputError naming the file)."""
     import pandas as pd
 
+    from toolkit.validation import read_csv_table
+
     path = Path(path)
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a readable CSV ({exc})") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+    frame = read_csv_table(path)
     missing = [c for c in (MEDIAN, "num_workers", "size") if c not in frame.columns]
     if missing:
         raise InputError(path, f"not a Vidur all_reduce profile: missing column(s) {', '.join(missing)}")
@@ -124,9 +119,9 @@ def network_profile(path: str) -> NetworkProfile:
 def fit_network_profile(path: str | Path) -> tuple[float, float]:
     """(alpha s, beta s/B): the least-squares fit of ``alpha + beta x bytes x 2 (G - 1) / G`` to every
     (workers, size) median of a Vidur all-reduce profile - how the default constants were made."""
-    import pandas as pd
+    from toolkit.validation import read_csv_table
 
-    frame = pd.read_csv(path)
+    frame = read_csv_table(path)
     medians = frame.groupby(["num_workers", "size"])[MEDIAN].median().reset_index()
     g = medians["num_workers"].to_numpy(dtype=float)
     nbytes = medians["size"].to_numpy(dtype=float) * 2

@@ -245,6 +245,26 @@ def _kind(value: object) -> str:
     return _show(value)
 
 
+def read_csv_table(path: str | Path) -> "pd.DataFrame":
+    """A CSV file as a pandas frame, or an :class:`InputError` naming the file and why not (missing,
+    unreadable, not UTF-8, empty, malformed) - one line, whatever pandas raised."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not UTF-8 text") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(path, "file is empty") from None
+    except pd.errors.ParserError as exc:
+        raise InputError(path, f"malformed CSV: {' '.join(str(exc).split())}") from None
+    except OSError as exc:  # a directory, no permission
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+
+
 def read_text(path: str | Path, max_bytes: int) -> str:
     """The UTF-8 text of a settings file (TOML, JSON) of at most ``max_bytes``, or an InputError
     saying why it cannot be read: missing, a directory, unreadable, too large, not UTF-8, empty."""
