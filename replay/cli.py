@@ -55,8 +55,13 @@ def _write_csv(table, path: Path) -> None:
 
 def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, out_dir: Path | None,
                limit: int | None = None, show_progress: bool = False, policy: str = "baseline",
-               rate_scale: float = 1.0) -> dict:
-    """Load inputs, replay, write requests/timeline Parquet and summary JSON; returns the summary."""
+               rate_scale: float = 1.0, gpu_name: str | None = None, model_name: str | None = None,
+               allow_extrapolation: bool = False) -> dict:
+    """Load inputs, replay, write requests/timeline Parquet and summary JSON; returns the summary.
+
+    ``gpu_name``/``model_name`` pick one GPU and model of a bundle fitted on several;
+    ``allow_extrapolation`` lets pools run at a TP or clock beyond the models' support (the
+    summary's ``extrapolated`` lists where)."""
     from characterize.model_io import ModelBundle
     from toolkit.errors import InputError
     from toolkit.jsonio import ensure_writable_dir
@@ -75,7 +80,12 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
         trace = trace.iloc[:limit]
     if rate_scale != 1.0:  # compress time: the same requests at rate_scale times the rate
         trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
-    bundle = ModelBundle.load(models_path)
+    bundle = ModelBundle.load(models_path).select(gpu_name=gpu_name, model=model_name)
+    bundle.allow_extrapolation = allow_extrapolation
+    held = bundle.identities()
+    if held:
+        raise InputError(models_path, "the bundle holds models for several " + "; ".join(
+            f"{name} ({', '.join(values)})" for name, values in held.items()) + ": choose one with --gpu/--model")
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
     config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
     if out_dir is not None:  # with the inputs read, fail now rather than after the replay
@@ -132,7 +142,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     summary = dict(result.summary)
     summary.update({"trace": str(trace_path), "models": str(models_path), "cluster": str(cluster_path) if cluster_path else "default",
                     "simulated_models": bundle.simulated, "synthetic_trace": trace_meta.get("wattlas.synthetic") == "true",
-                    "policy_name": policy, "rate_scale": rate_scale})
+                    "policy_name": policy, "rate_scale": rate_scale, "extrapolated": list(bundle.extrapolated) or None})
     if policy == "dynamollm":
         _dynamollm_baselines(trace, bundle, base_config, dyn_cfg, dyn_plan, result, summary, trace_priority, out_dir)
     if out_dir is not None:
@@ -290,8 +300,12 @@ def replay() -> None:
 @click.option("--policy", type=click.Choice(["baseline", "dynamollm", "polca"]), default="baseline", show_default=True)
 @click.option("--rate-scale", type=float, default=1.0, show_default=True, help="Replay the trace at this many times its rate.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--gpu", "gpu_name", default=None, help="GPU of a bundle fitted on several.")
+@click.option("--model", "model_name", default=None, help="Model of a bundle fitted on several.")
+@click.option("--allow-extrapolation", is_flag=True, help="Run pools beyond the models' profiled TP/clocks (marked in the summary).")
 def run_command(trace_path: Path, models_path: Path, cluster_path: Path | None, out_dir: Path | None, limit: int | None,
-                policy: str, rate_scale: float, as_json: bool) -> None:
+                policy: str, rate_scale: float, as_json: bool, gpu_name: str | None, model_name: str | None,
+                allow_extrapolation: bool) -> None:
     """Replay a trace; writes requests.parquet, power_timeline.parquet and summary.json under --out.
 
     dynamollm also replays peak_static (sized for the trace's peak, highest clock: OUT_peak_static/) and
@@ -301,8 +315,16 @@ def run_command(trace_path: Path, models_path: Path, cluster_path: Path | None, 
     from toolkit.jsonio import dump_json
 
     summary = run_replay(trace_path, models_path, cluster_path, out_dir, limit, show_progress=not as_json and sys.stderr.isatty(),
-                         policy=policy, rate_scale=rate_scale)
+                         policy=policy, rate_scale=rate_scale, gpu_name=gpu_name, model_name=model_name,
+                         allow_extrapolation=allow_extrapolation)
     click.echo(dump_json(summary) if as_json else format_summary(summary))
+    # (on stderr with --json, so stdout stays one JSON document)
+    if summary.get("extrapolated"):
+        click.echo(f"[EXTRAPOLATED] beyond the models' support: {'; '.join(summary['extrapolated'])}", err=as_json)
+    if out_dir is None:
+        click.echo("nothing written (no -o/--out given)", err=as_json)
+    else:
+        click.echo(f"wrote {out_dir}/ (requests.parquet, power_timeline.parquet, summary.json)", err=as_json)
 
 
 @replay.command("sweep")
