@@ -278,7 +278,7 @@ def test_replay_json_outputs_are_strict_json_with_null_for_unknown(run_cli, tmp_
     out = tmp_path / "rep"
     result = run_cli("replay", "run", "--trace", csv, "--models", bundle, "-o", out, "--json")
     assert result.exit_code == 0, result.output
-    for text in (result.output, (out / "summary.json").read_text()):
+    for text in (result.stdout, (out / "summary.json").read_text()):
         summary = _strict_json(text)
         assert summary["tbt_p50_s"] is None and summary["tbt_p99_s"] is None
         assert summary["finished"] == 2
