@@ -130,7 +130,7 @@ def test_savings_sign_when_dynamollm_must_lose_to_best_static(models, tmp_path, 
     trace_path = trickle_over_every_class(tmp_path / "t.csv")
     result = run_cli("replay", "run", "--trace", trace_path, "--models", path, "--cluster", toml(tmp_path), "--policy",
                      "dynamollm", "--json")
-    s = json.loads(result.output)
+    s = json.loads(result.stdout)
     # a pool per (predicted) class - the median output predicts the middle class for every input class -
     # each with at least one instance powered ...
     assert len(s["policy"]["classes"]) == 3
