@@ -282,7 +282,7 @@ def _dynamollm_lines(s: dict, policy: dict) -> list[str]:
         lines.append(f"  {tag}{_saving(sv['energy'], 'energy')} vs {name} ({b['gpus']} GPU{'s' if b['gpus'] != 1 else ''} as TP{b['tp']} at "
                      f"{_fixed(b['clock'] or 0, 0)} MHz, {b['energy_kwh']:.3f} kWh, SLO attainment {b['slo_attainment'] * 100:.1f} %"
                      f"{'' if b.get('meets_slo') else ' - misses the target'}); {_saving(sv['carbon'], 'carbon')}, "
-                     f"{_saving(sv['cost'], 'cost')}")
+                     f"{_saving(sv['cost'], 'money')}")
     return lines
 
 
