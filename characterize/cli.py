@@ -257,10 +257,10 @@ def predict(bundle_path: Path, phase: str, tp: int | None, sm_clock_mhz: float |
             latency_model = bundle.find("latency_s", phase)
             if latency_model is None:
                 raise KeyError(f"no latency model for phase {phase!r} (has: {bundle.phases('latency_s')})")
-            extra = {"allow_extrapolation": allow_extrapolation} if hasattr(latency_model, "support") else {}
-            latency = possible(latency_model, float(latency_model.predict(frame, **extra)[0]), "latency", "s")
+            predicted = latency_model.predict(frame, allow_extrapolation=allow_extrapolation)
+            latency = possible(latency_model, float(predicted[0]), "latency", "s")
             text = f"latency {latency * 1000:.3f} ms"
-            if extra and latency_model.outside_support(frame).any():
+            if latency_model.outside_support(frame).any():
                 text += " [EXTRAPOLATED beyond the profiled TP/clock]"
             if hasattr(latency_model, "predict_interval"):
                 lo, hi = (float(x[0]) for x in latency_model.predict_interval(frame))

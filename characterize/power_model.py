@@ -161,8 +161,14 @@ class PowerModel:
                                  "param_names": list(PARAM_RULES), "n": int(len(y)), "idle_w": idle_w})
         return model
 
-    def predict(self, frame: pd.DataFrame, strict: bool = True) -> np.ndarray:
-        """Power per row; a row of an unfitted group raises, or is NaN with ``strict=False``."""
+    def outside_support(self, frame: pd.DataFrame) -> np.ndarray:
+        """No row: power is bounded by idle and the limit, so it has no range to leave (a common
+        interface with the latency models)."""
+        return np.zeros(len(frame), dtype=bool)
+
+    def predict(self, frame: pd.DataFrame, strict: bool = True, allow_extrapolation: bool = True) -> np.ndarray:
+        """Power per row; a row of an unfitted group raises, or is NaN with ``strict=False``
+        (``allow_extrapolation`` is accepted for the common interface: see :meth:`outside_support`)."""
         out = np.full(len(frame), np.nan)
         load, f_rel = self._inputs(frame, self.load_column, self.f_ref)
         limits = self._limits(frame)

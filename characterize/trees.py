@@ -63,6 +63,10 @@ class TreeEnsembleModel:
         base = float(np.ravel(gbr.init_.constant_)[0])
         return cls(target, phase, names, base, float(gbr.learning_rate), trees)
 
+    def outside_support(self, frame: pd.DataFrame) -> np.ndarray:
+        """No row: trees record no support (they predict their nearest leaf anywhere)."""
+        return np.zeros(len(frame), dtype=bool)
+
     def predict(self, frame: pd.DataFrame, strict: bool = True, allow_extrapolation: bool = True) -> np.ndarray:
         """Predictions per row of ``frame`` (``strict`` and ``allow_extrapolation`` are accepted for a
         common interface: trees have no groups and no support, every row gets a value).  Raises ``KeyError`` if a feature column is missing."""

@@ -58,11 +58,9 @@ def score_bundle(bundle: ModelBundle, frame: pd.DataFrame, allow_extrapolation: 
         rows = frame[(frame["phase"] == model.phase) & frame[model.target].notna()]
         if rows.empty:
             continue
-        has_support = hasattr(model, "support")
-        outside = model.outside_support(rows) if has_support else np.zeros(len(rows), dtype=bool)
-        extra = {"allow_extrapolation": allow_extrapolation} if has_support else {}
+        outside = model.outside_support(rows)
         with np.errstate(over="ignore", invalid="ignore"):
-            predicted = np.asarray(model.predict(rows, strict=False, **extra), dtype="float64")
+            predicted = np.asarray(model.predict(rows, strict=False, allow_extrapolation=allow_extrapolation), dtype="float64")
         actual = rows[model.target].to_numpy(dtype="float64")
         mape, p90 = _errors(actual, predicted)
         covered = int(np.isfinite(predicted).sum())
