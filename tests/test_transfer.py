@@ -152,3 +152,24 @@ def test_validate_json_on_the_command_line(tmp_path, run_cli):
     decode = data["phases"]["decode"]
     assert set(decode) >= {"mape", "p90_ape", "covered", "rows"} and decode["covered"] == decode["rows"] > 0
     assert 0 <= decode["mape"] < 0.05
+
+
+def test_replay_run_refuses_a_clock_beyond_the_profile_unless_allowed(tmp_path, run_cli):
+    from collectors.profiling.sim_profile import simulate_profile
+    from toolkit.parquet_io import atomic_write_table
+
+    profile, models = tmp_path / "p.parquet", tmp_path / "m.json"
+    atomic_write_table(simulate_profile(repeats=1), profile)
+    assert run_cli("characterize", "fit", profile, "-o", models, "--trees", "5", "--phase", "prefill",
+                   "--phase", "decode").exit_code == 0
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0.0,100,5\n0.5,200,5\n")
+    cluster = tmp_path / "c.toml"
+    cluster.write_text("[[pool]]\ninstances = 1\nsm_clock_mhz = 3000\n")
+    refused = run_cli("replay", "run", "--trace", trace, "--models", models, "--cluster", cluster)
+    assert refused.exit_code != 0 and "3000 MHz is outside the profiled" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
+    allowed = run_cli("replay", "run", "--trace", trace, "--models", models, "--cluster", cluster,
+                      "--allow-extrapolation", "--json")
+    assert allowed.exit_code == 0, allowed.output
+    assert any("3000" in note for note in json.loads(allowed.stdout)["extrapolated"])
