@@ -336,12 +336,13 @@ def coverage_gap(pools: list[PoolConfig]) -> str | None:
 
 
 def route_requests(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarray, priority: np.ndarray | None = None,
-                   source: str | Path | None = None) -> np.ndarray:
+                   source: str | Path | None = None, row_offset: int = 0) -> np.ndarray:
     """Pool index per request: the first routed (non-standby) pool whose length limits it is
     within and, when both the pool and the trace have priorities, whose priority it has.
 
     A request no pool accepts is refused, not sent somewhere anyway: an InputError naming
-    ``source`` (the trace) and the first such row (1-based).
+    ``source`` (the trace) and the first such row (1-based, after ``row_offset`` rows of the
+    file read before these).
     """
     inputs, outputs = np.asarray(inputs), np.asarray(outputs)
     pool = np.full(len(inputs), -1, dtype=np.int64)
@@ -360,7 +361,7 @@ def route_requests(config: ClusterConfig, inputs: np.ndarray, outputs: np.ndarra
         if prio is not None and any(p.priority is not None for p in config.pools):
             what += f", priority {prio[r]!r}" if isinstance(prio[r], str) else ", no priority"
         raise InputError(source, f"no pool of the cluster accepts this request ({what}); "
-                                 f"{unrouted.size} request(s) in all", row=r + 1)
+                                 f"{unrouted.size} request(s) in all", row=row_offset + r + 1)
     return pool
 
 

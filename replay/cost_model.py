@@ -285,6 +285,37 @@ class InstanceCost:
         kv_reads = (q["dbk"] * k_sum + q["dk"] * (k_sum / b)) / (groups or self.kvp)
         return q["d0"] + q["db"] * b + kv_reads + self.combine(groups, b) + self.transfer_s
 
+    def decode_stretch(self, b: int, k_sum: float, groups: int | None = None) -> tuple[float, float]:
+        """(latency of the first, added per later) decode-only iteration of ``b`` >= 1 sequences
+        starting at ``k_sum`` KV tokens: each iteration adds ``b`` tokens, so latency is linear in
+        the iteration index; each latency at least 1 us, as :meth:`iteration_latency` has it."""
+        const, per_token, slope = self.decode_coefficients(b, groups)
+        first = const + per_token * k_sum
+        second = first + slope
+        first, second = max(first, 1e-6), max(second, 1e-6)
+        return first, second - first
+
+    def decode_coefficients(self, b: int, groups: int | None = None) -> tuple[float, float, float]:
+        """(constant, per KV token, per iteration) of :meth:`decode_latency` for ``b`` sequences
+        over ``groups`` KVP groups: latency = constant + per_token * k_sum, and an iteration later
+        (each sequence one token longer) ``per_iteration`` more.  Computed once per (b, groups)."""
+        cache = self.__dict__.setdefault("_decode_coefficients", {})
+        key = (b, groups)
+        found = cache.get(key)
+        if found is None:
+            q, g = self.dec, groups or self.kvp
+            const = q["d0"] + q["db"] * b + self.combine(groups, b) + self.transfer_s
+            found = cache[key] = (const, (q["dbk"] + q["dk"] / b) / g, (q["dbk"] * b + q["dk"]) / g)
+        return found
+
+    def decode_power_w(self, b: int) -> float | None:
+        """:meth:`iteration_power` of a decode-only iteration of ``b`` sequences, computed once per ``b``."""
+        cache = self.__dict__.setdefault("_decode_power_by_b", {})
+        power = cache.get(b, cache)
+        if power is cache:
+            power = cache[b] = self.iteration_power(0, b)
+        return power
+
     def _decode_share(self, b: int, k_sum: float, groups: int | None = None) -> float:
         """What b decodes add to an iteration that also runs a prefill chunk (launch and combine counted once)."""
         return self.decode_latency(b, k_sum, groups) - self.dec["d0"] - self.combine(groups, b) - self.transfer_s if b else 0.0

@@ -18,6 +18,10 @@ class BatchScheduler:
         """The prefill pieces of the next iteration: (item of ``inst.prefilling``, chunk, prefix)."""
         raise NotImplementedError
 
+    def forget(self, r: int) -> None:
+        """Request in slot ``r`` finished its prefill: drop whatever was kept for it (the slot may
+        next hold another request)."""
+
     def describe(self) -> dict:
         """The scheduler's name and settings, for summaries."""
         return {"name": self.name}

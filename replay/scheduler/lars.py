@@ -76,6 +76,9 @@ class LarsScheduler(BatchScheduler):
             w = self._total[r] = self.work(inst, 0, int(inst.req.input[r]))
         return w
 
+    def forget(self, r: int) -> None:
+        self._total.pop(r, None)
+
     def slack(self, inst, r: int, done: int) -> float:
         """Slack (s) of request ``r`` with ``done`` prompt tokens prefilled, at the instance's time."""
         req = inst.req

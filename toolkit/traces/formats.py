@@ -672,6 +672,56 @@ def iter_csv_chunks(path: str | Path, fmt: str = "auto", chunk_rows: int = 1_000
         raise InputError(path, "file has a header but no data rows")
 
 
+def iter_trace(path: str | Path, fmt: str = "auto", chunk_rows: int = 1_000_000) -> Iterator[tuple[pa.Table, int]]:
+    """Read a trace of any size in validated pieces: (``request_trace`` table, rows before it).
+
+    A Parquet file is read a batch of ``chunk_rows`` rows at a time, a CSV in chunks of as many;
+    each piece is checked as :func:`read_trace` checks a whole file (order across the boundary to
+    the previous piece included), so the first bad row is named with its file row, and everything
+    before it has already been yielded.
+    """
+    path = Path(path)
+    if path.suffix != ".parquet":
+        origin = previous = None
+        for chunk, ctx, trace_format in iter_csv_chunks(path, fmt, chunk_rows):
+            first = ctx.row_offset == 0
+            if first:
+                origin = trace_origin(chunk, trace_format, ctx)
+            table = to_trace_table(chunk, trace_format, ctx, origin, extra_metadata={"wattlas.source": path.name},
+                                   first_piece=first, previous=previous)
+            if len(chunk):
+                previous = arrival_at(chunk, len(chunk) - 1, trace_format, origin)
+            yield table, ctx.row_offset
+        return
+    if not path.exists():
+        raise InputError(path, "no such file")
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(path, f"not a readable Parquet file ({' '.join(str(exc).split())[:200]})") from None
+    if parquet.metadata.num_rows == 0:
+        raise InputError(path, "file has no data rows")
+    trace_format = detect_format(names, path, fmt)
+    meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()
+            if k.startswith(b"wattlas.") and k not in (b"wattlas.schema", b"wattlas.schema_version")}
+    origin = previous = None
+    offset = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            chunk = batch.to_pandas()
+            ctx = RowContext(path, offset, None, trace_format.source_columns())
+            if offset == 0:
+                origin = trace_origin(chunk, trace_format, ctx)
+            table = to_trace_table(chunk, trace_format, ctx, origin, extra_metadata={**meta, "wattlas.source": path.name},
+                                   first_piece=offset == 0, previous=previous)
+            previous = arrival_at(chunk, len(chunk) - 1, trace_format, origin)
+            yield table, offset
+            offset += len(chunk)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(path, f"not a readable Parquet file ({' '.join(str(exc).split())[:200]})", row=offset + 1) from None
+
+
 @contextlib.contextmanager
 def writing(dst: Path) -> Iterator[None]:
     """Report a failure to write ``dst`` (read-only or missing directory, full disk) as one line naming it."""
@@ -698,18 +748,9 @@ def convert_trace_streaming(src: str | Path, dst: str | Path, fmt: str = "auto",
         fd, tmp = tempfile.mkstemp(prefix=dst.name + ".tmp-", dir=dst.parent)
         os.close(fd)
     writer = None
-    origin = None
-    previous = None
     rows = 0
     try:
-        for chunk, ctx, trace_format in iter_csv_chunks(src, fmt, chunk_rows):
-            first = ctx.row_offset == 0  # not rows == 0: ``select`` may keep nothing of the first chunk
-            if first:
-                origin = trace_origin(chunk, trace_format, ctx)
-            table = to_trace_table(chunk, trace_format, ctx, origin, extra_metadata={"wattlas.source": src.name},
-                                   first_piece=first, previous=previous)
-            if len(chunk):
-                previous = arrival_at(chunk, len(chunk) - 1, trace_format, origin)
+        for table, _ in iter_trace(src, fmt, chunk_rows):
             table, stop = select(table) if select is not None else (table, False)
             with writing(dst):
                 if writer is None:
