@@ -56,17 +56,23 @@ def characterize() -> None:
 @click.option("--where", multiple=True, help="Keep rows with COLUMN=VALUE (e.g. gpu_name=H100); repeatable.")
 @click.option("--phase", "phases", multiple=True, help="Only these phases.")
 @click.option("--trees", "tree_estimators", type=int, default=300, show_default=True, help="Boosting rounds of the tree rival.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the bundle's summary as JSON (output, models, validation, skipped, warnings).")
 def fit(inputs: tuple[Path, ...], output: Path, fmt: str, where: tuple[str, ...], phases: tuple[str, ...],
-        tree_estimators: int) -> None:
+        tree_estimators: int, as_json: bool) -> None:
     """Fit latency and power models per phase, select by held-out MAPE, save JSON."""
-    from .fitting import MIN_ROWS, fit_bundle
+    from toolkit.console import closing_line, progress_bar, step_progress
+
+    from .fitting import IDLE_PHASE, MIN_ROWS, fit_bundle
 
     frame = _load_all(inputs, fmt, where)
     simulated = bool(frame["backend"].astype(str).str.startswith("sim").any())
     metadata = {"sources": [str(p) for p in inputs], "where": list(where), "rows": int(len(frame)),
                 "simulated": simulated, "gpu_name": sorted(frame["gpu_name"].dropna().astype(str).unique().tolist()),
                 "model": sorted(frame["model"].dropna().astype(str).unique().tolist())}
-    bundle = fit_bundle(frame, metadata, list(phases) or None, tree_estimators, progress=lambda m: click.echo(m, err=True))
+    to_fit = [p for p in (list(phases) or sorted(frame["phase"].dropna().unique())) if p != IDLE_PHASE]
+    with progress_bar(len(to_fit), None, "phase", tick_s=0.5) as bar:
+        bundle = fit_bundle(frame, metadata, list(phases) or None, tree_estimators, progress=step_progress(bar))
     for reason in bundle.metadata.get("skipped", []) + bundle.metadata.get("warnings", []):
         click.echo(f"warning: {reason}", err=True)
     if not bundle.models:  # an empty bundle would only fail later, in predict or replay
@@ -74,8 +80,32 @@ def fit(inputs: tuple[Path, ...], output: Path, fmt: str, where: tuple[str, ...]
                          f"no model could be fitted ({len(frame)} rows; each model needs {MIN_ROWS}): "
                          + "; ".join(bundle.metadata.get("skipped", [])))
     bundle.save(output)
-    click.echo(_format_validation(bundle))
-    click.echo(f"wrote {output}")
+    if as_json:
+        from toolkit.jsonio import dump_json
+
+        click.echo(dump_json(_bundle_json(bundle, output)))
+    else:
+        click.echo(_format_validation(bundle))
+    closing_line(f"wrote {output}", as_json)
+
+
+def _bundle_json(bundle, path: Path) -> dict:
+    """A bundle's summary for --json: what it holds and how each model was selected."""
+    models = []
+    for model in bundle.models:
+        entry = {"target": model.target, "phase": model.phase, "kind": model.kind,
+                 "selected": (bundle.validation.get(f"{model.target}/{model.phase}") or {}).get("selected"),
+                 "support": getattr(model, "support", None) or None, "tp_variable": bool(getattr(model, "tp_variable", False))}
+        if model.kind == "trees":
+            entry.update(features=list(model.features), trees=len(model.trees))
+        else:
+            data = model.to_json()
+            entry.update({k: v for k, v in data.items() if k not in entry})
+        models.append(entry)
+    return {"bundle": str(path), "label": "[SIMULATED]" if bundle.simulated else None, "simulated": bundle.simulated,
+            "holds": bundle.identities() or None, "models": models, "validation": bundle.validation,
+            "skipped": bundle.metadata.get("skipped") or None, "warnings": bundle.metadata.get("warnings") or None,
+            "metadata": bundle.metadata}
 
 
 SCORE_NAMES = (("cv_mape", "cv"), ("extrapolation_mape", "context extrapolation"), ("tp_transfer_mape", "TP transfer"))
@@ -109,12 +139,18 @@ def _format_validation(bundle) -> str:
 
 @characterize.command()
 @click.argument("bundle_path", type=click.Path(path_type=Path))
-def show(bundle_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The summary as JSON: models (coefficients; trees counted), validation.")
+def show(bundle_path: Path, as_json: bool) -> None:
     """Summarize a model bundle: models, terms, coefficients, validation."""
     from .model_io import ModelBundle
     from .power_model import PARAM_RULES
 
     bundle = ModelBundle.load(bundle_path)
+    if as_json:
+        from toolkit.jsonio import dump_json
+
+        click.echo(dump_json(_bundle_json(bundle, bundle_path)))
+        return
     click.echo(_format_validation(bundle))
     for model in bundle.models:
         support = getattr(model, "support", None)
@@ -224,8 +260,10 @@ CLOCK = Number(minimum=0, exclusive_minimum=True, maximum=MAX_CLOCK_MHZ)
 @click.option("--gpu", "gpu_name", default=None, help="GPU name, for a bundle fitted on several.")
 @click.option("--allow-extrapolation", is_flag=True,
               help="Predict beyond the profiled clocks (or at another TP where one was profiled); marked.")
+@click.option("--json", "as_json", is_flag=True,
+              help="The prediction as JSON: latency_s, latency_ci_s, power_w, energy_j (null where the bundle has none).")
 def predict(bundle_path: Path, phase: str, tp: int | None, sm_clock_mhz: float | None, model_name: str | None,
-            gpu_name: str | None, allow_extrapolation: bool, **point: int) -> None:
+            gpu_name: str | None, allow_extrapolation: bool, as_json: bool, **point: int) -> None:
     """Predict latency (with 95% CI where the model has one), power and energy of one iteration."""
     from .model_io import ModelBundle
 
@@ -259,21 +297,43 @@ def predict(bundle_path: Path, phase: str, tp: int | None, sm_clock_mhz: float |
                 raise KeyError(f"no latency model for phase {phase!r} (has: {bundle.phases('latency_s')})")
             predicted = latency_model.predict(frame, allow_extrapolation=allow_extrapolation)
             latency = possible(latency_model, float(predicted[0]), "latency", "s")
-            text = f"latency {latency * 1000:.3f} ms"
-            if latency_model.outside_support(frame).any():
-                text += " [EXTRAPOLATED beyond the profiled TP/clock]"
+            extrapolated = bool(latency_model.outside_support(frame).any())
+            interval = None
             if hasattr(latency_model, "predict_interval"):
                 lo, hi = (float(x[0]) for x in latency_model.predict_interval(frame))
                 if np.isfinite(lo) and np.isfinite(hi):  # (no interval rather than a nan one)
-                    text += f" (95% CI {max(lo, 0.0) * 1000:.3f}-{hi * 1000:.3f} ms)"  # latency is >= 0
+                    interval = (max(lo, 0.0), hi)  # latency is >= 0
+            power = energy = None
             power_model = bundle.find("mean_power_w", phase)
             if power_model is not None:
                 power = possible(power_model, float(power_model.predict(frame)[0]), "power", "W")
                 energy = possible(power_model, power * latency, "energy", "J")
-                text += f", power {power:.1f} W, energy {energy:.4g} J"
         except KeyError as exc:
             raise click.ClickException(str(exc.args[0])) from None
+    if as_json:
+        from toolkit.jsonio import dump_json
+
+        click.echo(dump_json({"phase": phase, "point": frame.iloc[0].to_dict(), "latency_s": latency,
+                              "latency_ci_s": list(interval) if interval else None, "power_w": power, "energy_j": energy,
+                              "extrapolated": extrapolated, "simulated": bundle.simulated,
+                              "label": "[SIMULATED]" if bundle.simulated else None}))
+        return
+    text = f"latency {latency * 1000:.3f} ms"
+    if extrapolated:
+        text += " [EXTRAPOLATED beyond the profiled TP/clock]"
+    if interval:
+        text += f" (95% CI {interval[0] * 1000:.3f}-{interval[1] * 1000:.3f} ms)"
+    if power is not None:
+        text += f", power {power:.1f} W, energy {_energy(energy)}"
     click.echo(text + (" [SIMULATED]" if bundle.simulated else ""))
+
+
+def _energy(joules: float) -> str:
+    """An energy for people: fixed notation at about 4 significant digits, never 1.2e+04 ("12000 J",
+    "0.0123 J"; no thousands separator, so the figure still reads as one number)."""
+    from toolkit.console import human_number
+
+    return f"{human_number(joules, 4).replace(',', '')} J"
 
 
 @characterize.command()

@@ -81,35 +81,109 @@ def _build_sampler(backend, sim_gpus, seed, period_s, flush_s, out_dir, gpus, **
     return Sampler(make_source(backend, sim_gpus, seed), out_dir, period_s=period_s, flush_s=flush_s, gpus=gpus, **extra)
 
 
-def _print_summary(out_dir: Path) -> None:
-    """Per GPU and per phase, what the directory now holds, and a closing line saying where it is."""
-    from .telemetry.summary import format_summary, format_windows, load_telemetry, load_windows, summarize_telemetry, \
-        summarize_windows
+def _print_summary(out_dir: Path, as_json: bool = False) -> None:
+    """Per GPU and per phase, what the directory now holds (``as_json``: as ``collect summary
+    --json`` prints it), and a closing line on stderr saying where it is."""
+    from .telemetry.summary import format_summary, load_telemetry, load_windows, summarize_telemetry
 
     telemetry = load_telemetry(out_dir)
-    if len(telemetry):
-        click.echo(format_summary(summarize_telemetry(telemetry)))
     windows = load_windows(out_dir)
-    if len(windows):
-        click.echo(format_windows(summarize_windows(windows), simulated=bool((windows["backend"] == "sim").any())))
+    if as_json:
+        click.echo(_summary_json(telemetry, windows))
+    else:
+        if len(telemetry):
+            click.echo(format_summary(summarize_telemetry(telemetry)))
+        if len(windows):
+            click.echo(_format_phases(windows))
     gpus = telemetry["gpu_index"].nunique() if len(telemetry) else 0
     click.echo(f"wrote {len(telemetry):,} telemetry rows of {gpus} GPU(s) and {len(windows):,} window rows to {out_dir}",
                err=True)
 
 
+def _summary_json(telemetry, windows) -> str:
+    """``{"gpus": [...], "phases": [...], "phase_gpus": [...]}`` of a collection: per GPU, per phase
+    over every GPU, and per phase and GPU; energy null where unknown (never 0), with its method."""
+    from toolkit.jsonio import dump_json
+
+    from .telemetry.summary import summarize_telemetry, summarize_windows
+
+    gpus = summarize_telemetry(telemetry).to_dict(orient="records") if len(telemetry) else []
+    phases = summarize_windows(windows).to_dict(orient="records") if len(windows) else []
+    return dump_json({"gpus": gpus, "phases": phases, "phase_gpus": _phase_gpus(windows)})
+
+
+def _phase_gpus(windows) -> list[dict]:
+    """One record per phase and GPU: windows, time, energy (null when any of its windows' is
+    unknown), mean power, the energy method and its words."""
+    rows = []
+    if not len(windows):
+        return rows
+    for (name, gpu), g in windows.groupby(["window", "gpu_index"], sort=False):
+        energy = g["energy_j"]
+        methods = sorted(g["energy_method"].dropna().unique())
+        duration = float(g["duration_s"].sum())
+        total = float(energy.sum()) if energy.notna().all() else None
+        rows.append({"window": name, "gpu_index": int(gpu), "backend": str(g["backend"].iloc[0]), "windows": int(len(g)),
+                     "duration_s": duration, "energy_j": total,
+                     "mean_power_w": total / duration if total is not None and duration > 0 else None,
+                     "energy_method": "+".join(methods) if methods else None,
+                     "energy_method_words": _method_words(methods, str(g["backend"].iloc[0])),
+                     "unknown_windows": int(energy.isna().sum())})
+    return rows
+
+
+def _method_words(methods, backend: str) -> str | None:
+    """How an energy figure was measured, in words: "NVML energy counter" (or the simulated
+    device's), "integrated power", both joined with "+"; None when not measured."""
+    counter = {"nvml": "NVML energy counter", "sim": "simulated energy counter"}.get(backend, f"{backend} energy counter")
+    words = {"counter": counter, "integrated_power": "integrated power"}
+    return " + ".join(words.get(m, m) for m in methods) or None
+
+
+def _format_phases(windows) -> str:
+    """Per phase: windows, time, energy over every GPU with how it was measured, mean power; and
+    where there are several GPUs, each GPU's figure with its own method.  Unknown: "-"."""
+    from .telemetry.summary import summarize_windows
+
+    simulated = bool((windows["backend"] == "sim").any())
+    label = " [SIMULATED]" if simulated else ""
+    backend = str(windows["backend"].iloc[0])
+    per_gpu = _phase_gpus(windows)
+    lines = []
+    for row in summarize_windows(windows).itertuples():
+        methods = row.energy_method.split("+") if isinstance(row.energy_method, str) else []
+        if row.energy_j is None or row.energy_j != row.energy_j:
+            energy = f"energy - ({row.unknown_gpu_windows} GPU-window(s) unmeasured)"
+        else:
+            mean = f", mean {row.energy_j / row.duration_s:,.1f} W" if row.duration_s > 0 else ", mean -"
+            energy = f"{row.energy_j:,.1f} J ({_method_words(methods, backend)}){mean}"
+        lines.append(f"phase {row.window}{label}: {row.windows} window(s), {row.duration_s:,.2f} s on {row.gpus} GPU(s), "
+                     f"{energy}")
+        gpus = [r for r in per_gpu if r["window"] == row.window]
+        if len(gpus) > 1:
+            for r in gpus:
+                if r["energy_j"] is None:
+                    figure = f"- ({r['unknown_windows']} of {r['windows']} window(s) unmeasured)"
+                else:
+                    mean = "-" if r["mean_power_w"] is None else f"{r['mean_power_w']:,.1f}"
+                    figure = f"{r['energy_j']:,.1f} J ({r['energy_method_words']}), mean {mean} W"
+                lines.append(f"  GPU {r['gpu_index']}: {figure}")
+    return "\n".join(lines)
+
+
 def _wait_with_progress(seconds: float, desc: str) -> None:
     """Sleep ``seconds``, with a progress bar on a terminal (silent in pipes and logs)."""
-    if not sys.stderr.isatty() or seconds < 2:
-        time.sleep(seconds)
-        return
-    from tqdm import tqdm
+    from toolkit.console import progress_bar
 
-    step = max(0.1, seconds / 200)
-    with tqdm(total=round(seconds, 1), desc=desc, unit="s", leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s") as bar:
+    with progress_bar(round(seconds, 1), desc, "s", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]") as bar:
+        if bar.disable or seconds < 2:
+            time.sleep(seconds)
+            return
+        step = max(0.1, min(1.0, seconds / 200))
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             time.sleep(min(step, left))
-            bar.update(round(min(step, left), 3))
+            bar.update(round(seconds - max(0.0, end - time.monotonic()), 1) - bar.n)
 
 
 @click.group()
@@ -120,7 +194,8 @@ def collect() -> None:
 @collect.command()
 @sampler_options
 @click.option("--duration", type=str, default="10s", show_default=True, help="How long to sample (e.g. 30s, 5m).")
-def sample(duration: str, **opts) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as `collect summary --json` does.")
+def sample(duration: str, as_json: bool, **opts) -> None:
     """Sample telemetry for a fixed time."""
     seconds = parse_duration(duration)
     sampler = _build_sampler(**opts)
@@ -132,13 +207,14 @@ def sample(duration: str, **opts) -> None:
             click.echo("interrupted: flushing what was collected", err=True)
         finally:
             sampler.stop()
-    _print_summary(opts["out_dir"])
+    _print_summary(opts["out_dir"], as_json)
 
 
 @collect.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @sampler_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as `collect summary --json` does (before --).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def run(command: tuple[str, ...], **opts) -> None:
+def run(command: tuple[str, ...], as_json: bool, **opts) -> None:
     """Sample while COMMAND runs (after --). COMMAND may mark phases in $WATTLAS_MARKER_FILE."""
     out_dir: Path = opts["out_dir"]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +244,7 @@ def run(command: tuple[str, ...], **opts) -> None:
         click.echo(f"warning: {problem}", err=True)
     if sampler.markers.error_count > 10:
         click.echo(f"warning: {sampler.markers.error_count - 10} more bad marker lines skipped", err=True)
-    _print_summary(out_dir)
+    _print_summary(out_dir, as_json)
     sys.exit(128 - returncode if returncode < 0 else returncode)  # killed by signal N: exit 128+N, as a shell does
 
 
@@ -227,7 +303,8 @@ def daemon(rotate: str, retention: str, prom_textfile: Path | None, prom_port: i
               "vLLM /metrics scrapes (each after a '# TIMESTAMP <unix s>' line, or with sample timestamps).")
 @click.option("--host", default=None, help="Host name for the rows (default: each file's name; dcgm: its Hostname label).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
-def import_(files: tuple[Path, ...], fmt: str, host: str | None, out_dir: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as `collect summary --json` does.")
+def import_(files: tuple[Path, ...], fmt: str, host: str | None, out_dir: Path, as_json: bool) -> None:
     """Turn telemetry (or engine load) logged by other tools into segments that summary and reports read.
 
     Where a directory holds both GPU telemetry and vLLM engine load, it also gets power_vs_load.csv
@@ -254,8 +331,8 @@ def import_(files: tuple[Path, ...], fmt: str, host: str | None, out_dir: Path) 
         target = out_dir / "power_vs_load.csv"
         table.to_csv(target, index=False)
         click.echo(f"{target}: {len(table)} intervals of engine load with GPU power", err=True)
-    if len(telemetry):
-        _print_summary(out_dir)
+    if len(telemetry) or as_json:
+        _print_summary(out_dir, as_json)
 
 
 @collect.command()
@@ -263,26 +340,20 @@ def import_(files: tuple[Path, ...], fmt: str, host: str | None, out_dir: Path) 
 @click.option("--json", "as_json", is_flag=True)
 def summary(directory: Path, as_json: bool) -> None:
     """Per-GPU energy (with method), power and capping of a collection directory, and per-phase window energy."""
-    from .telemetry.summary import format_summary, format_windows, load_telemetry, load_windows, summarize_telemetry, \
-        summarize_windows
+    from .telemetry.summary import format_summary, load_telemetry, load_windows, summarize_telemetry
 
     if not directory.is_dir():
         raise InputError(directory, "no such collection directory")
     telemetry = load_telemetry(directory)
     if telemetry.empty:
         raise InputError(directory, "holds no telemetry segments")
-    result = summarize_telemetry(telemetry)
     windows = load_windows(directory)
-    phases = summarize_windows(windows) if len(windows) else None
     if as_json:  # strict JSON: null, never NaN
-        from toolkit.jsonio import dump_json
-
-        click.echo(dump_json({"gpus": result.to_dict(orient="records"),
-                              "phases": phases.to_dict(orient="records") if phases is not None else []}))
+        click.echo(_summary_json(telemetry, windows))
         return
-    click.echo(format_summary(result))
-    if phases is not None:
-        click.echo(format_windows(phases, simulated=bool((windows["backend"] == "sim").any())))
+    click.echo(format_summary(summarize_telemetry(telemetry)))
+    if len(windows):
+        click.echo(_format_phases(windows))
 
 
 @collect.command()
@@ -350,7 +421,9 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
         return
     from .telemetry.counter_probe import counter_update_period, window_for_counter
     from .profiling.profile_store import PartialProfile
-    from .profiling.profiler import profile_table, provenance_of, run_profile
+    from toolkit.console import progress_bar
+
+    from .profiling.profiler import points, profile_table, provenance_of, run_profile
     from .profiling.tp_ranks import start_ranks
     from .profiling.workload import shard_label
 
@@ -376,6 +449,24 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
         done = ranks.collectives.broadcast(done)
         on_point = ranks.gathering(store.append if store is not None else None)
     sampler = settings = gpu_index = counter_step = None
+    # progress of the points still to measure, on the writing rank only (other ranks share its terminal)
+    todo = max(0, len(list(points(sweep))) * len(clock_list or [None]) * len(limit_list or [None]) - len(done))
+    bar = progress_bar(todo, "profiling", "point", tick_s=1.0) if store is not None else None
+    if bar is not None and store is not None:
+        append = store.append
+
+        def counted(table) -> None:
+            append(table)
+            bar.update(1)
+
+        on_point = counted if ranks is None else ranks.gathering(counted)
+
+    def log(message: str) -> None:  # the profiler's lines, kept above the bar
+        if bar is not None:
+            bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
     try:
         with sigterm_as_interrupt():
             if backend == "gpu":
@@ -398,7 +489,7 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
                     settings = GpuSettings(gpu_index)
             result = run_profile(preset, sweep, device, dtype, tp, clock_list, limit_list, repeats, warmup, sampler,
                                  settings, layers=layers, gpu_index=gpu_index, min_window_s=min_window_s,
-                                 done=done, on_point=on_point, collectives=ranks.collectives if ranks else None,
+                                 done=done, on_point=on_point, collectives=ranks.collectives if ranks else None, log=log,
                                  provenance={"wattlas.command": _invocation(click.get_current_context()),
                                              "wattlas.energy_counter_step_s": str(counter_step),
                                              "wattlas.driver_version": _driver_version() if backend == "gpu" else "none"})
@@ -416,6 +507,8 @@ def profile(backend, preset, sweep, tp, layers, device, dtype, clocks, power_lim
         raise click.ClickException(exc.message if isinstance(exc, click.ClickException) else str(exc)) from None
     finally:
         _stop(sampler)
+        if bar is not None:
+            bar.close()
         if ranks is not None:
             ranks.close()
     if store is None:

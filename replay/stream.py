@@ -251,6 +251,7 @@ def finish_parts(parts: list[PartState], config: ClusterConfig, out_dir: str | P
                            "part_wall_s": [p.wall_s for p in parts],
                            "peak_requests_held": max(p.peak_held for p in parts),
                            "latency_quantiles": "log histogram, 200 bins a decade (within 0.6 %)"}
+    summary["extrapolated"] = sorted({note for p in parts for note in p.extrapolated}) or None
     return summary
 
 

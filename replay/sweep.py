@@ -11,6 +11,7 @@ import copy
 import itertools
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -69,13 +70,17 @@ def _run_point(trace_path: str, models_path: str, cluster: dict) -> dict:
 
 
 def run_sweep(trace_path: Path, models_path: Path, base: ClusterConfig, grid: dict[str, list],
-              address: str | None = None, workers: int | None = None) -> pd.DataFrame:
+              address: str | None = None, workers: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """One row per point of ``grid`` (see :func:`expand`): the varied settings and the replay's
-    scalar summary.  Runs on the dask scheduler at ``address``, or on a LocalCluster of
-    ``workers`` processes (None: one per core) that is closed afterwards."""
+    scalar summary, with ``progress(done, total)`` called as points finish.  Runs on the dask
+    scheduler at ``address``, or on a LocalCluster of ``workers`` processes (None: one per core)
+    that is closed afterwards."""
     from distributed import Client, LocalCluster, as_completed
 
     points = expand(base, grid)
+    if progress is not None:
+        progress(0, len(points))
     cluster = None if address else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                 dashboard_address=None)
     client = Client(address or cluster)
@@ -83,8 +88,10 @@ def run_sweep(trace_path: Path, models_path: Path, base: ClusterConfig, grid: di
         futures = {client.submit(_run_point, str(trace_path), str(models_path), data, pure=False): i
                    for i, (_, data) in enumerate(points)}
         rows = [None] * len(points)
-        for future in as_completed(futures):
+        for done, future in enumerate(as_completed(futures), 1):
             rows[futures[future]] = {**points[futures[future]][0], **future.result()}
+            if progress is not None:
+                progress(done, len(points))
     finally:
         client.close()
         if cluster is not None:

@@ -38,14 +38,49 @@ def _caption(*parts: str) -> str:
     return ". ".join(p for p in parts if p)
 
 
-def _signed_pct(value: object, more: str = "more", less: str = "less") -> str | None:
-    """A relative change for people: "+3.3 % (more)", "-0.9 % (less)", "0.0 %" (None: unknown)."""
-    if value is None or not np.isfinite(float(value)):
-        return None
-    pct = float(value) * 100
-    if abs(pct) < 0.05:
-        return "0.0 %"
-    return f"{pct:+.1f} % ({more if pct > 0 else less})"
+_TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("ps", 1e-12))
+
+
+def _fixed_column(values, scale: float = 1.0, digits: int = 4) -> list[str | None]:
+    """``values`` divided by ``scale``, as text in fixed notation with the decimals that give the
+    column's largest magnitude ``digits`` significant digits (so a column lines up, and a value
+    far below the rest reads 0, never 1e-24); None for unknowns."""
+    numbers = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").astype(float) / scale
+    finite = numbers[np.isfinite(numbers) & (numbers != 0)]
+    top = float(finite.abs().max()) if len(finite) else 1.0
+    decimals = int(min(12, max(0, digits - 1 - np.floor(np.log10(top)))))
+    out = []
+    for v in numbers:
+        if not np.isfinite(v):
+            out.append(None)
+            continue
+        text = f"{v:,.{decimals}f}"
+        out.append("0" if float(text.replace(",", "")) == 0 else text)
+    return out
+
+
+def _time_unit(values) -> tuple[str, float]:
+    """The unit (s, ms, µs, ns, ps) in which the largest of ``values`` (s) reads 1 to 1,000."""
+    numbers = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").astype(float).abs()
+    top = float(numbers[np.isfinite(numbers)].max()) if np.isfinite(numbers).any() else 0.0
+    for unit, scale in _TIME_UNITS:
+        if top >= scale:
+            return unit, scale
+    return _TIME_UNITS[-1] if top > 0 else _TIME_UNITS[0]
+
+
+def _coefficient_table(rows: list[dict], coefficient_columns: list[str]) -> pd.DataFrame:
+    """Latency coefficients (s per unit of their term) for people: each column in the time unit
+    that keeps its values between 1 and 1,000 (named in its header), fixed notation."""
+    frame = pd.DataFrame(rows).astype(object)
+    renamed = {}
+    for column in coefficient_columns:
+        if column not in frame:
+            continue
+        unit, scale = _time_unit(frame[column])
+        frame[column] = _fixed_column(frame[column], scale)
+        renamed[column] = f"{column} ({unit})"
+    return frame.rename(columns=renamed)
 
 
 def add_collection(report: Report, directory: Path) -> None:
@@ -94,7 +129,7 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
         for candidate, scores in result.items():
             if candidate == "selected" or not isinstance(scores, dict):
                 continue
-            selected = "selected" if candidate == result.get("selected") else ("diagnostic" if scores.get("diagnostic") else "-")
+            selected = "selected" if candidate == result.get("selected") else ("diagnostic" if scores.get("diagnostic") else "not selected")
             rows.append({"model": name, "candidate": candidate, "selected": selected,
                          "cv_mape_pct": scores.get("cv_mape"), "extrapolation_mape_pct": scores.get("extrapolation_mape"),
                          "tp_transfer_mape_pct": scores.get("tp_transfer_mape")})
@@ -105,25 +140,37 @@ def add_characterization(report: Report, bundle_path: Path, data_paths: list[Pat
     for model in bundle.models:
         where = f"{model.target}/{model.phase}"
         if model.kind == "terms":
-            coef = pd.DataFrame([{**g["key"], **dict(zip(model.terms, g["coef"])), "n": g["n"], "R2": g.get("rsquared")}
-                                 for g in model.groups]).astype(object)
-            report.table(coef, f"{where}: coefficients per group (latency in s)", ".4g")
+            coef = _coefficient_table([{**g["key"], **dict(zip(model.terms, g["coef"])), "n": g["n"], "R2": g.get("rsquared")}
+                                       for g in model.groups], list(model.terms))
+            report.table(coef, f"{where}: latency coefficients per group (latency = sum of coefficient x term; each "
+                         "coefficient in the unit its column names)", ".4f")
         elif model.kind == "roofline":  # max(compute piece, memory piece); no memory piece: compute alone
-            coef = pd.DataFrame([{**g["key"], **{f"compute {t}": c for t, c in zip(model.terms, g["coef"])},
-                                  **{f"memory {t}": c for t, c in zip(model.memory_terms, g["memory_coef"] or [None] * len(model.memory_terms))},
-                                  "n": g["n"]} for g in model.groups]).astype(object)
-            report.table(coef, f"{where}: roofline pieces per group (latency in s = max of the two; - : no memory piece)", ".4g")
+            names = [f"compute {t}" for t in model.terms] + [f"memory {t}" for t in model.memory_terms]
+            coef = _coefficient_table([{**g["key"], **{f"compute {t}": c for t, c in zip(model.terms, g["coef"])},
+                                        **{f"memory {t}": c for t, c in zip(model.memory_terms, g["memory_coef"] or [None] * len(model.memory_terms))},
+                                        "n": g["n"]} for g in model.groups], names)
+            report.table(coef, f"{where}: roofline pieces per group (latency = max of the compute and memory sums; each "
+                         "coefficient in the unit its column names; - : no memory piece)", ".4f")
         elif model.kind == "power_saturating":
             if not power_formula_said:  # the formula once, not in every caption
                 report.paragraph("Power models (W): P = min(power limit, p_idle_w + dynamic_w * s(f) * (1 - exp(-load / "
                                  "(load0 * (f / f_ref)^load0_clock_exponent)))), s(f) = (f / f_ref) * (v0 + (1 - v0) * f / f_ref)^2; "
                                  "load in tokens of the iteration; idle_w: measured at zero load.", "note")
                 power_formula_said = True
+            params = list(dict.fromkeys(name for g in model.groups
+                                        for name in (g.get("param_names") or ["p_idle_w", "dynamic_w", "load0", "v0"]))) + ["idle_w"]
             coef = pd.DataFrame([{**g["key"], **dict(zip(g.get("param_names") or ["p_idle_w", "dynamic_w", "load0", "v0"], g["params"])),
                                   "idle_w": g.get("idle_w"), "n": g.get("n")} for g in model.groups]).astype(object)
+            for column in params:  # W, tokens and plain factors: fixed notation, never 1e-24
+                if column in coef:
+                    coef[column] = _fixed_column(coef[column])
+            coef = coef.rename(columns={"load0": "load0 (tokens)"})
             f_ref = getattr(model, "f_ref", None)
-            report.table(coef, f"{where}: power model per group (f_ref {f_ref:,.0f} MHz, load = {getattr(model, 'load_column', '-')})"
-                         if f_ref else f"{where}: power model per group", ".4g")
+            limit = getattr(model, "power_limit_w", None)
+            limit = f"power limit {limit:,.0f} W" if limit else "no power limit"
+            report.table(coef, f"{where}: power model per group (W; f_ref {f_ref:,.0f} MHz, load = "
+                         f"{getattr(model, 'load_column', None) or '-'}, {limit})"
+                         if f_ref else f"{where}: power model per group (W; {limit})", ".4g")
         else:
             trees = len(getattr(model, "trees", []) or [])
             report.paragraph(f"{where}: {model.kind}, {trees:,} trees on {', '.join(getattr(model, 'features', []) or [])} "
@@ -241,9 +288,75 @@ def add_replays(report: Report, run_dirs: list[Path], labels: list[str] | None =
                 report.key_values({k: _saving(100 * v if v is not None else None) for k, v in saved.items()
                                    if k in ("energy", "carbon", "cost")},
                                   f"{label}: DynamoLLM against {name.replace('vs_', '')}")
-    if any((s.get("policy") or {}).get("name") == "dynamollm" for s in summaries.values()):
-        report.paragraph("Not shown yet: a DynamoLLM timeline of clock and active instances per class (the replay output "
-                         "does not record it).", "note")
+        run = run_dirs[list(summaries).index(label)]
+        if policy.get("name") == "dynamollm":
+            _dynamollm_timeline(report, run, label, s)
+        elif policy.get("name") == "polca":
+            _polca_run_timeline(report, run, label, s, timelines[label])
+
+
+def _policy_events(run: Path) -> pd.DataFrame | None:
+    """A replay's policy events: ``events.parquet`` (DynamoLLM's), with the columns only
+    ``policy_events.csv`` keeps (``active``, ``sm_clock_mhz``) added where that file has the same
+    rows; else ``policy_events.csv`` alone; None without either."""
+    parquet, csv = run / "events.parquet", run / "policy_events.csv"
+    events = pd.read_parquet(parquet) if parquet.exists() else None
+    extra = pd.read_csv(csv) if csv.exists() else None
+    if events is None:
+        return extra
+    if extra is not None and len(extra) == len(events) and np.allclose(extra["t_s"], events["t_s"]):
+        for column in ("active", "sm_clock_mhz"):
+            if column in extra and column not in events:
+                events[column] = extra[column].to_numpy()
+    return events
+
+
+def _dynamollm_timeline(report: Report, run: Path, label: str, summary: dict) -> None:
+    """The per-class timeline of a DynamoLLM run (clock lanes, stacked active instances), or a note
+    saying why there is none."""
+    from .timelines import HIGHEST, dynamollm_timeline, highest_profiled_clock
+
+    events = _policy_events(run)
+    if events is None:
+        report.paragraph(f"{label}: no events.parquet in the run directory, so no timeline of clock and instances per class.",
+                         "note")
+        return
+    frame = dynamollm_timeline(events, summary)
+    if not len(frame):
+        report.paragraph(f"{label}: no DynamoLLM classes in the run, so no timeline.", "note")
+        return
+    top = highest_profiled_clock(summary, report.base)
+    if top is not None:  # "the highest profiled clock" as the number it is
+        frame["clock"] = [top if c == HIGHEST else c for c in frame["clock"]]
+    changes = events[events["kind"].isin(["clock", "scale", "reshard"])] if "kind" in events else events
+    report.figure(figures.dynamollm_timeline(frame),
+                  f"{label}: DynamoLLM per request class over time: SM clock of the layout serving the class (MHz; top) "
+                  f"and instances taking requests, stacked (bottom); from events.parquet, "
+                  f"{len(changes):,} changes")
+
+
+def _polca_run_timeline(report: Report, run: Path, label: str, summary: dict, timeline: pd.DataFrame) -> None:
+    """Row power against the budget over a ``replay run --policy polca`` run, with its events."""
+    from replay.engine import cluster_power
+
+    from .timelines import polca_event_counts, polca_events_from_clock_changes, polca_panel
+
+    policy = summary.get("policy") or {}
+    if policy.get("budget_w") is None:
+        return
+    events = polca_events_from_clock_changes(_policy_events(run))
+    panel = polca_panel(cluster_power(timeline), events, policy, f"{label}: {summary.get('instances', '-')} servers")
+    report.figure(figures.polca_timeline([panel]),
+                  f"{label}: POLCA row power against the budget ({float(policy['budget_w']):,.0f} W) over time, with "
+                  f"the thresholds; shaded: caps or the power brake in effect; marked on top: capping, uncapping, "
+                  f"brake (from the clock changes in policy_events.csv)")
+    found = polca_event_counts(events)
+    unseen = {what: int(policy.get(key) or 0) - found[what] for key, what in (("brake_events", "brake"),)}
+    if unseen["brake"] > 0:  # the brake's clock raised to the profiled floor the caps already hold: no clock changed
+        report.paragraph(f"{label}: the controller engaged the power brake {int(policy['brake_events']):,} time(s) "
+                         f"({float(policy.get('braked_s') or 0):,.0f} s braked); {unseen['brake']:,} of them changed no "
+                         "server's clock (the brake clock is raised to the lowest profiled clock), so the figure does "
+                         "not mark them.", "note")
 
 
 def _join_values(value) -> str | None:
@@ -267,31 +380,100 @@ def _saving(value) -> str | None:
     return f"saves {pct:.1f} %" if pct > 0 else f"costs {-pct:.1f} % more"
 
 
-def add_polca(report: Report, table_csv: Path, simulated: bool = False) -> None:
+def _latency_change(value: object) -> str | None:
+    """A latency change (a fraction) as words: "3.2 % slower", "1.0 % faster", "no change" (None: unknown)."""
+    try:
+        pct = 100 * float(value)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(pct):
+        return None
+    if abs(pct) < 0.05:
+        return "no change"
+    return f"{abs(pct):,.1f} % {'slower' if pct > 0 else 'faster'}"
+
+
+def _polca_shown_additions(table: pd.DataFrame, available: list[int]) -> list[int]:
+    """The additions whose timeline the report draws (at most four): the original row, the largest
+    addition within the bounds with every smaller one passing, the first one past it, and the largest."""
+    passes = [bool(v) if not isinstance(v, str) else v.strip().lower() == "true"
+              for v in table.sort_values("servers_added")["within_bounds"]] if "within_bounds" in table else []
+    best = 0
+    for n, ok in enumerate(passes):
+        if not ok:
+            break
+        best = n
+    wanted = [0, best, best + 1, max(available) if available else 0]
+    return [n for n in dict.fromkeys(wanted) if n in available]
+
+
+def add_polca(report: Report, table_csv: Path, simulated: bool = False, timeline: Path | None = None) -> None:
     """Add the section of a ``wattlas replay polca-search`` CSV: capping per servers added,
-    latency impact per priority, and the impact and capping time plotted by servers added.
-    ``simulated``: the replays used models fitted to simulated profiles (marks the section)."""
+    latency impact per priority, and the impact and capping time plotted by servers added; and,
+    from the search's timeline (``timeline``; None: ``<CSV name>_timeline.parquet`` beside the
+    CSV, written by ``replay.policies.polca.write_search_timeline``), the row's power against
+    the budget over time with the thresholds and the capping events.  ``simulated``: the replays
+    used models fitted to simulated profiles (marks the section; a timeline written as simulated
+    marks it too)."""
+    from .timelines import polca_event_counts, polca_panel, read_search_timeline
+
     table = pd.read_csv(table_csv)
+    timeline = timeline if timeline is not None else table_csv.with_name(f"{table_csv.stem}_timeline.parquet")
+    rows = settings = None
+    if timeline.exists():
+        rows, settings, timeline_simulated = read_search_timeline(timeline)
+        simulated = simulated or timeline_simulated
     report.section("POLCA power oversubscription", simulated)
     report.paragraph("Each row adds servers (and proportional load) to a row with a fixed power budget; impact compares "
                      "the capped replay to the same servers without a power limit.", "note")
-    table, said = _hoist_constant(table, ["budget_w"])
+    seeds = table["seeds"].iloc[0] if "seeds" in table and table["seeds"].nunique() == 1 else None
+    shown, said = _hoist_constant(table, ["budget_w"])
     said = said.replace("budget_w: ", "row power budget (W): ")
     power_cols = [c for c in ("servers_added", "servers", "peak_row_power_uncapped_w", "peak_row_power_capped_w", "over_budget_s",
-                              "capping_events", "capped_low_s", "capped_all_s", "budget_w") if c in table]
-    report.table(table[power_cols].astype(object), _caption("Row power (W) and capping per servers added; times in s", said), ",.0f")
+                              "capping_events", "capped_low_s", "capped_all_s", "brake_events", "braked_s", "budget_w")
+                  if c in shown]
+    means = f"means over {int(seeds)} seed{'s' if seeds != 1 else ''} (peaks: the highest)" if seeds else ""
+    report.table(shown[power_cols].astype(object), _caption("Row power (W) and capping per servers added; times in s", means, said),
+                 ",.1f")
     impact = table[["servers_added"]].copy()
     for column in table.columns:
         if "_impact_" in column:
-            impact[column.replace("_impact_", " E2E ")] = table[column].map(_signed_pct)
+            impact[column.replace("_impact_", " E2E ")] = table[column].map(_latency_change)
     for column in ("energy_kwh", "within_bounds"):
         if column in table:
             impact[column] = table[column].map(lambda v: v if not isinstance(v, (bool, np.bool_)) else ("yes" if v else "no"))
-    report.table(impact.astype(object), "Latency change against the uncapped replay per priority, energy and whether "
-                 "within the latency bounds", ",.4f")
+    impact = impact.rename(columns={"energy_kwh": "IT energy (kWh)", "within_bounds": "within bounds"})
+    report.table(impact.astype(object), "Latency change against the uncapped replay per priority (slower: capping costs "
+                 "latency), IT energy and whether within the latency bounds", ",.4f")
     report.figure(figures.polca_impact(pd.read_csv(table_csv)), "p99 end-to-end latency change and capping time by servers added")
-    report.paragraph("Not shown yet: row power against the budget over time with capping events (the search output "
-                     "does not record the timeline).", "note")
+    if rows is None or settings is None or "budget_w" not in settings:
+        report.paragraph(f"No row power timeline beside this search ({report.display_path(timeline)}): "
+                         "replay.policies.polca.write_search_timeline writes it from the search's result.", "note")
+        return
+    available = sorted(int(n) for n in rows["servers_added"].unique())
+    panels, counts = [], []
+    servers = settings.get("servers")
+    for n in _polca_shown_additions(table, available):
+        mine = rows[rows["servers_added"] == n]
+        power = mine[mine["kind"] == "row_power"][["t_s", "duration_s", "power_w"]].sort_values("t_s")
+        events = mine[mine["kind"].isin(["command", "apply", "brake", "release"])][["t_s", "kind", "level", "power_w"]]
+        match = table[table["servers_added"] == n]
+        verdict = ""
+        if len(match) and "within_bounds" in match:
+            verdict = "; within the bounds" if str(match["within_bounds"].iloc[0]).lower() == "true" else "; outside the bounds"
+        total = f" ({servers + n} servers)" if servers is not None else ""
+        panels.append(polca_panel(power, events, settings, f"+{n} servers{total}{verdict}"))
+        counts.append({"servers_added": n, **polca_event_counts(events),
+                       "over_budget_s": float(power.loc[power["power_w"] > settings["budget_w"] * (1 + 1e-9), "duration_s"].sum())})
+    report.figure(figures.polca_timeline(panels),
+                  f"Row power against the budget ({settings['budget_w']:,.0f} W) over time, first seed of each addition shown; "
+                  f"horizontal lines: the budget and the thresholds t2 (cap all), t1 (cap low priority) and uncap (caps "
+                  f"lifted below); shaded: caps or the power brake in effect; marked on top: capping, uncapping, brake and "
+                  f"its release as they took effect (decisions act {settings.get('actuation_delay_s', '-')} s later on "
+                  f"readings {settings.get('telemetry_delay_s', '-')} s old)")
+    report.table(pd.DataFrame(counts).astype(object), "Controller events in the replays shown (first seed): decisions taken, "
+                 "cappings and uncappings that took effect, brakes and releases; seconds the metered row power was over "
+                 "the budget", ",.0f")
 
 
 def add_longctx(report: Report, table_csv: Path, simulated: bool = False) -> None:

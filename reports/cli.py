@@ -69,3 +69,29 @@ def replay_report(runs: tuple[Path, ...], output: Path) -> None:
     rep.subtitle = ", ".join(rep.display_path(r) for r in runs)
     add_replays(rep, list(runs))
     _write(rep, output)
+
+
+@report.command("polca")
+@click.argument("search_csv", type=click.Path(path_type=Path))
+@click.option("--timeline", type=click.Path(path_type=Path), default=None,
+              help="The search's row power timeline (Parquet; default: SEARCH_CSV's name + _timeline.parquet beside it).")
+@click.option("--simulated", is_flag=True, help="Mark the section [SIMULATED] (a timeline written from simulated models "
+                                                "marks it anyway).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def polca_report(search_csv: Path, timeline: Path | None, simulated: bool, output: Path) -> None:
+    """POLCA search: capping and latency impact per servers added, row power against the budget over time."""
+    from toolkit.errors import InputError
+    from toolkit.jsonio import ensure_writable_file
+
+    from .builders import add_polca
+    from .html import Report
+
+    ensure_writable_file(output)  # fail before building the report
+    if not search_csv.is_file():
+        raise InputError(search_csv, "does not exist (a CSV written by `wattlas replay polca-search -o`)")
+    if timeline is not None and not timeline.is_file():
+        raise InputError(timeline, "does not exist")
+    rep = Report("wattlas POLCA report", base=output.parent)
+    rep.subtitle = rep.display_path(search_csv)
+    add_polca(rep, search_csv, simulated, timeline)
+    _write(rep, output)

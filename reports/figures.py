@@ -259,3 +259,150 @@ def longctx(table: pd.DataFrame) -> Figure:
     if handles:  # one legend for the three plots, below them: it covers no data
         fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize="small", frameon=False)
     return fig
+
+
+POLCA_STATE_COLORS = {"low capped": "#f6d8a8", "all capped": "#f0a868", "power brake": "#e07a7a"}
+POLCA_MARKS = {"capping": ("v", "#c0560c"), "uncapping": ("^", "#2a8a4a"), "brake": ("X", "#a4302a"),
+               "brake released": ("o", "#a4302a")}
+THRESHOLD_STYLES = {"t2: cap all": ("#c0560c", "--"), "t1: cap low priority": ("#d9962b", "--"), "uncap below": ("#2a8a4a", ":")}
+
+
+def _step_envelope(power: pd.DataFrame, points: int = 1500) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(x, y, peak) to draw stretches of constant power as steps: the stretches themselves while
+    there are few; else the time-weighted mean of ``points`` equal buckets (``y``) and the highest
+    stretch in each (``peak``), so no excursion over the budget is smoothed away."""
+    t = power["t_s"].to_numpy(dtype=float)
+    d = power["duration_s"].to_numpy(dtype=float)
+    p = power["power_w"].to_numpy(dtype=float)
+    if len(t) <= 2 * points:
+        return np.r_[t, t[-1] + d[-1]] if len(t) else t, np.r_[p, p[-1]] if len(p) else p, None
+    edges = np.linspace(t[0], t[-1] + d[-1], points + 1)
+    bucket = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, points - 1)  # a stretch counts where it starts
+    weight = np.bincount(bucket, weights=d, minlength=points)
+    mean = np.bincount(bucket, weights=p * d, minlength=points) / np.where(weight > 0, weight, np.nan)
+    peak = np.full(points, np.nan)
+    np.fmax.at(peak, bucket, p)
+    mean = pd.Series(mean).ffill().to_numpy()
+    peak = pd.Series(peak).ffill().to_numpy()
+    return edges, np.r_[mean, mean[-1]], np.r_[peak, peak[-1]]
+
+
+def polca_timeline(panels: list[dict]) -> Figure:
+    """Row power against the budget over time, one panel per replay (:func:`reports.timelines.polca_panel`):
+    the metered row power (W), the budget and the thresholds as horizontal lines, the stretches
+    with caps or the brake in effect shaded, and each capping, uncapping, brake and release
+    marked along the top."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.transforms import blended_transform_factory
+
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(n, 1, figsize=(10.5, 2.5 + 1.9 * n), sharey=True, layout="constrained", squeeze=False)
+    states_seen, marks_seen, enveloped = set(), set(), False
+    for ax, panel in zip(axes[:, 0], panels):
+        for row in panel["states"].itertuples(index=False):
+            ax.axvspan(row.start_s, row.end_s, color=POLCA_STATE_COLORS[row.state], alpha=0.55, linewidth=0, zorder=0)
+            states_seen.add(row.state)
+        if len(panel["power"]):
+            x, y, peak = _step_envelope(panel["power"])
+            if peak is not None:
+                enveloped = True
+                ax.plot(x, peak, drawstyle="steps-post", color="#7f9cc9", linewidth=0.7, zorder=2)
+            ax.plot(x, y, drawstyle="steps-post", color="#1f4e99", linewidth=0.9, zorder=3)
+        budget = panel["budget_w"]
+        ax.axhline(budget, color="black", linewidth=1.3, zorder=4)
+        for name, watts in panel["thresholds_w"].items():
+            color, style = THRESHOLD_STYLES.get(name, ("grey", "--"))
+            ax.axhline(watts, color=color, linestyle=style, linewidth=1.0, zorder=4)
+        on_top = blended_transform_factory(ax.transData, ax.transAxes)
+        for mark, group in panel["marks"].groupby("mark"):
+            symbol, color = POLCA_MARKS[mark]
+            ax.scatter(group["t_s"], np.full(len(group), 0.97), transform=on_top, marker=symbol, color=color, s=34,
+                       zorder=5, clip_on=False)
+            marks_seen.add(mark)
+        ax.set_title(panel["title"], fontsize="medium", loc="left")
+        ax.set_ylabel("row power (W)")
+        plain_linear(ax, x=True, y=True)
+    axes[-1, 0].set_xlabel("time (s)")
+    lo = min([p["power"]["power_w"].min() for p in panels if len(p["power"])] or [0.0])
+    hi = max([p["budget_w"] for p in panels] + [p["power"]["power_w"].max() for p in panels if len(p["power"])])
+    axes[0, 0].set_ylim(max(0.0, lo - 0.05 * (hi - lo)), hi + 0.12 * (hi - max(0.0, lo)))  # room for the marks on top
+    budget_w = panels[0]["budget_w"] if panels else None
+    handles = [Line2D([], [], color="#1f4e99", linewidth=1.2, label="row power" + (" (mean per bucket)" if enveloped else ""))]
+    if enveloped:
+        handles.append(Line2D([], [], color="#7f9cc9", linewidth=1.0, label="row power (peak per bucket)"))
+    if budget_w is not None:
+        handles.append(Line2D([], [], color="black", linewidth=1.3, label=f"budget {budget_w:,.0f} W"))
+        for name, watts in panels[0]["thresholds_w"].items():
+            color, style = THRESHOLD_STYLES.get(name, ("grey", "--"))
+            handles.append(Line2D([], [], color=color, linestyle=style, label=f"{name} ({watts:,.0f} W)"))
+    handles += [Patch(color=POLCA_STATE_COLORS[s], alpha=0.55, label=s) for s in POLCA_STATE_COLORS if s in states_seen]
+    handles += [Line2D([], [], linestyle="", marker=POLCA_MARKS[m][0], color=POLCA_MARKS[m][1], label=m)
+                for m in POLCA_MARKS if m in marks_seen]
+    axes[0, 0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return fig
+
+
+def _clock_label(value: object) -> str:
+    return "-" if value is None else value if isinstance(value, str) else f"{float(value):,.0f} MHz"
+
+
+def dynamollm_timeline(frame: pd.DataFrame) -> Figure:
+    """DynamoLLM per request class over time (:func:`reports.timelines.dynamollm_timeline`): the
+    SM clock of the layout serving each class, one lane per class coloured by clock (top), and the
+    instances taking requests, stacked by class (bottom: the top edge is all of them)."""
+    from matplotlib.patches import Patch
+
+    classes = list(dict.fromkeys(frame["class"]))
+    numeric = sorted({float(c) for c in frame["clock"] if c is not None and not isinstance(c, str)})
+    named = sorted({c for c in frame["clock"] if isinstance(c, str)})
+    palette = sns.color_palette("viridis", max(1, len(numeric)))
+    colors = {c: palette[i] for i, c in enumerate(numeric)}
+    colors.update({c: "#fde725" if not numeric else "#b8de29" for c in named})
+    fig, axes = plt.subplots(2, 1, figsize=(10.5, 1.6 + 0.45 * len(classes) + 2.8), sharex=True, layout="constrained",
+                             height_ratios=[max(1.0, 0.45 * len(classes)), 2.8])
+    lanes = axes[0]
+    unknown = False
+    for lane, cls in enumerate(classes):
+        rows = frame[frame["class"] == cls]
+        for row in rows.itertuples(index=False):
+            key = None if row.clock is None else (row.clock if isinstance(row.clock, str) else float(row.clock))
+            width = row.end_s - row.start_s
+            if width <= 0:
+                continue
+            if key is None:
+                unknown = True
+                lanes.broken_barh([(row.start_s, width)], (lane - 0.35, 0.7), facecolor="white", edgecolor="#999999",
+                                  hatch="//", linewidth=0.5)
+            else:
+                lanes.broken_barh([(row.start_s, width)], (lane - 0.35, 0.7), facecolor=colors[key], linewidth=0)
+    lanes.set_yticks(range(len(classes)), classes)
+    lanes.set_ylim(len(classes) - 0.5, -0.5)
+    lanes.set_ylabel("class")
+    lanes.grid(False, axis="y")
+    lanes.set_title("SM clock (MHz) of the layout serving each class", fontsize="medium", loc="left")
+    handles = [Patch(color=colors[c], label=_clock_label(c)) for c in [*numeric, *named]]
+    if unknown:
+        handles.append(Patch(facecolor="white", edgecolor="#999999", hatch="//", label="- (not recorded)"))
+    lanes.legend(handles=handles, title="SM clock", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                 title_fontsize="small", frameon=False)
+    stack = axes[1]
+    grid = np.unique(np.r_[frame["start_s"].to_numpy(dtype=float), frame["end_s"].to_numpy(dtype=float)])
+    series = []
+    for cls in classes:
+        rows = frame[frame["class"] == cls].sort_values("start_s")
+        at = np.clip(np.searchsorted(rows["start_s"].to_numpy(dtype=float), grid, side="right") - 1, 0, max(0, len(rows) - 1))
+        values = pd.to_numeric(rows["active"], errors="coerce").to_numpy(dtype=float)[at] if len(rows) else np.zeros(len(grid))
+        series.append(np.nan_to_num(values, nan=0.0))
+    class_colors = sns.color_palette("tab10", max(1, len(classes)))
+    if len(grid):
+        stack.stackplot(grid, *series, step="post", labels=classes, colors=class_colors[:len(classes)], alpha=0.85, linewidth=0)
+    stack.set_ylabel("active instances")
+    stack.set_xlabel("time (s)")
+    stack.yaxis.get_major_locator().set_params(integer=True)
+    plain_linear(stack, x=True)
+    stack.set_title("Instances taking requests per class (stacked)", fontsize="medium", loc="left")
+    _legend_outside(stack, "class")
+    if len(grid):
+        stack.set_xlim(grid[0], grid[-1])
+    return fig

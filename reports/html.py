@@ -93,7 +93,7 @@ def _format_cell(value, float_format: str) -> str:
     if isinstance(value, (int, np.integer)):
         return f'<td class="n">{esc(f"{int(value):,}")}</td>'
     if isinstance(value, (float, np.floating)):
-        return f'<td class="n">{esc(format(float(value), float_format))}</td>'
+        return f'<td class="n">{esc(human_float(float(value), float_format))}</td>'
     if isinstance(value, Markup):
         return f"<td>{value}</td>"
     text = str(value)
@@ -101,7 +101,23 @@ def _format_cell(value, float_format: str) -> str:
     return f'<td class="n">{esc(text)}</td>' if numeric else f"<td>{esc(text)}</td>"
 
 
-_NUMBER = re.compile(r"^[-+]?[\d,.]+( ?%)?( \(\w+\))?$")
+def human_float(value: float, spec: str = ",.4g") -> str:
+    """``value`` by the ``format`` spec ``spec``, never in scientific notation: where the spec
+    would write an exponent, a large value is written whole with thousands separators
+    (17,589) and a small one in fixed notation to four significant digits (0.0000005944);
+    below 1e-12 it is 0."""
+    text = format(value, spec)
+    if "e" not in text.lower() or not np.isfinite(value):
+        return text
+    if abs(value) >= 1:
+        return f"{value:,.0f}"
+    if abs(value) < 1e-12:
+        return "0"
+    digits = min(15, 3 - int(np.floor(np.log10(abs(value)))))
+    return f"{value:.{digits}f}".rstrip("0")
+
+
+_NUMBER = re.compile(r"^([a-z]+ )?[-+]?[\d,.]+( ?%)?( \(\w+\)| [A-Za-z]+){0,2}$")  # "1,410", "3.2 % slower", "costs 4.1 % more"
 
 
 class Markup(str):

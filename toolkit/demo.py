@@ -6,7 +6,6 @@ pipeline that are not built yet are listed as such rather than faked.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -34,6 +33,8 @@ def demo(output: Path) -> None:
     from .traces.formats import read_trace
     from .traces.stats import format_summary, summarize_trace
 
+    from .console import closing_line
+
     output.mkdir(parents=True, exist_ok=True)
     summaries = {}
     for name in ("synth_conv_1h", "synth_code_1h"):
@@ -46,10 +47,20 @@ def demo(output: Path) -> None:
     _collect_simulated(output / "collection")
     bundle = _profile_and_characterize(output)
     _replay_samples(output, bundle)
-    _write_report(output, bundle)
+    report = _write_report(output, bundle)
+    closing_line(f"wrote the demo to {output}/: {', '.join(_written(output))}; open {report}")
 
 
-def _write_report(out: Path, bundle: Path) -> None:
+def _written(out: Path) -> list[str]:
+    """What the demo left under ``out``, as names (directories with a slash), in pipeline order."""
+    order = ["trace_stats.json", "collection", "profile_sim_llama3-8b.parquet", "models_sim_llama3-8b.json",
+             "replay_synth_conv_1h", "replay_synth_code_1h", "dynamollm_conv_x8", "dynamollm_conv_x8_peak_static",
+             "dynamollm_conv_x8_best_static", "dynamollm_conv_x8_baseline", "polca_search.csv", "mnemosyne_longctx.csv",
+             "report.html"]
+    return [name + ("/" if (out / name).is_dir() else "") for name in order if (out / name).exists()]
+
+
+def _write_report(out: Path, bundle: Path) -> Path:
     from reports.builders import add_characterization, add_collection, add_longctx, add_polca, add_replays
     from reports.html import Report
 
@@ -73,19 +84,24 @@ def _write_report(out: Path, bundle: Path) -> None:
     add_longctx(report, out / "mnemosyne_longctx.csv", simulated=simulated)
     path = report.save(out / "report.html")
     click.echo(f"wrote {path} ({report.figures} figures, self-contained)")
+    return path
 
 def _profile_and_characterize(out: Path) -> Path:
-    from characterize.fitting import fit_bundle
+    from characterize.fitting import IDLE_PHASE, fit_bundle
     from characterize.importers import from_profile
     from collectors.profiling.sim_profile import simulate_profile
     from toolkit.parquet_io import atomic_write_table
+
+    from .console import progress_bar, step_progress
 
     click.echo("profiling llama3-8b on the SIMULATED device (roofline model, quick sweep) ...")
     table = simulate_profile("llama3-8b", "quick")
     atomic_write_table(table, out / "profile_sim_llama3-8b.parquet")
     click.echo("fitting latency and power models ...")
-    bundle = fit_bundle(from_profile(table), {"simulated": True, "sources": ["simulated profile llama3-8b quick"]},
-                        tree_estimators=100)
+    frame = from_profile(table)
+    with progress_bar(frame.loc[frame["phase"] != IDLE_PHASE, "phase"].nunique(), None, "phase", tick_s=0.5) as bar:
+        bundle = fit_bundle(frame, {"simulated": True, "sources": ["simulated profile llama3-8b quick"]},
+                            tree_estimators=100, progress=step_progress(bar))
     path = bundle.save(out / "models_sim_llama3-8b.json")
     for name, report in bundle.validation.items():
         scores = report[report["selected"]]
@@ -96,16 +112,20 @@ def _profile_and_characterize(out: Path) -> Path:
 
 
 def _replay_samples(out: Path, bundle: Path) -> None:
-    from replay.cli import format_summary, run_replay
+    from replay.runner import format_summary, run_replay
+
+    from .console import StageProgress
 
     for name in ("synth_conv_1h", "synth_code_1h"):
         click.echo(f"replaying {name} on 2 x llama3-8b TP1 (baseline) ...")
-        summary = run_replay(_sample_trace(name, out), bundle, None, out / f"replay_{name}", show_progress=sys.stderr.isatty())
+        with StageProgress(f"{name}: ") as progress:
+            summary = run_replay(_sample_trace(name, out), bundle, None, out / f"replay_{name}", progress=progress)
         click.echo(format_summary(summary))
     click.echo("DynamoLLM on synth_conv_1h at 8x its rate (per-class pools; instance count, TP and clock on their own "
                "time scales; output lengths predicted), with the peak_static and best_static baselines replayed ...")
-    summary = run_replay(_sample_trace("synth_conv_1h", out), bundle, None, out / "dynamollm_conv_x8", policy="dynamollm",
-                         rate_scale=8.0, show_progress=sys.stderr.isatty())
+    with StageProgress("DynamoLLM: ") as progress:
+        summary = run_replay(_sample_trace("synth_conv_1h", out), bundle, None, out / "dynamollm_conv_x8",
+                             policy="dynamollm", rate_scale=8.0, progress=progress)
     click.echo(format_summary(summary))
     _polca(out, bundle)
     _longctx(out, bundle)
@@ -113,10 +133,14 @@ def _replay_samples(out: Path, bundle: Path) -> None:
 
 def _longctx(out: Path, bundle: Path) -> None:
     from characterize.model_io import ModelBundle
-    from replay.policies.mnemosyne import context_sweep
+    from replay.policies.mnemosyne import CONFIGS, context_sweep
+
+    from .console import progress_bar
 
     click.echo("Mnemosyne: one long request (128K to 4M tokens) amid short ones, fixed vs adaptive chunks, SPP, KVP ...")
-    table = context_sweep(ModelBundle.load(bundle), [131_072, 1_000_000, 4_000_000])  # 10 M: `replay longctx`
+    contexts = [131_072, 1_000_000, 4_000_000]  # 10 M: `replay longctx`
+    with progress_bar(len(contexts) * len(CONFIGS), "Mnemosyne", "row", tick_s=0.5) as bar:
+        table = context_sweep(ModelBundle.load(bundle), contexts, progress=bar.update)
     table.to_csv(out / "mnemosyne_longctx.csv", index=False)
     for row in table[table["context_tokens"] == 1_000_000].itertuples():
         if row.dropped:  # no times to show: say why instead of printing NaN
@@ -129,8 +153,10 @@ def _longctx(out: Path, bundle: Path) -> None:
 def _polca(out: Path, bundle: Path) -> None:
     from characterize.model_io import ModelBundle
     from replay.config import ClusterConfig, PoolConfig
-    from replay.policies.polca import oversubscription_search
+    from replay.policies.polca import oversubscription_search, write_search_timeline
     from toolkit.traces.formats import read_trace
+
+    from .console import count_progress, progress_bar
 
     click.echo("POLCA on synth_conv_1h at 4x: a 4-server row (2 high-, 2 low-priority), budget = the servers' provisioned "
                "peak, 3 seeds, telemetry and actuation delays on, adding up to 4 servers ...")
@@ -138,9 +164,12 @@ def _polca(out: Path, bundle: Path) -> None:
     trace = trace.assign(arrival_s=trace["arrival_s"] / 4.0)
     row = ClusterConfig(pools=[PoolConfig(name="high", priority="high", instances=2),
                                PoolConfig(name="low", priority="low", instances=2)])
-    result = oversubscription_search(trace, ModelBundle.load(bundle), row, None, max_extra=4, seeds=3,
-                                     budget_source="provisioned_peak")
+    with progress_bar(None, "POLCA", "replay", tick_s=0.5) as bar:
+        result = oversubscription_search(trace, ModelBundle.load(bundle), row, None, max_extra=4, seeds=3,
+                                         budget_source="provisioned_peak", progress=count_progress(bar))
     result["table"].to_csv(out / "polca_search.csv", index=False)
+    # (the row's power against the budget and the controller's events, for the report's POLCA figure)
+    write_search_timeline(result, out / "polca_search_timeline.parquet", simulated=ModelBundle.load(bundle).simulated)
     click.echo(f"  [SIMULATED] budget {result['budget_w']:,.0f} W; largest addition within bounds (p99 E2E +5 % high, "
                f"+50 % low) with every smaller one passing: {result['best_servers_added']} of 4 servers")
 
@@ -151,21 +180,24 @@ def _collect_simulated(out: Path) -> None:
 
     from collectors.telemetry.sampler import Sampler
     from collectors.telemetry.sim_source import SimSource
-    from collectors.telemetry.summary import format_summary, load_telemetry, load_windows, summarize_telemetry
+    from collectors.telemetry.summary import format_summary, format_windows, load_telemetry, load_windows, \
+        summarize_telemetry, summarize_windows
+
+    from .console import progress_bar
 
     click.echo("collecting telemetry from the SIMULATED device (2 GPUs, 20 Hz) ...")
     source = SimSource(gpus=2, seed=0)
     phases = [("prefill", 0.95, 0.6), ("decode", 0.5, 1.2), ("idle", 0.0, 0.6), ("prefill", 0.95, 0.6), ("decode", 0.5, 1.0)]
-    with Sampler(source, out, period_s=0.05, flush_s=0.5) as sampler:
+    with Sampler(source, out, period_s=0.05, flush_s=0.5) as sampler, \
+            progress_bar(sum(p[2] for p in phases), "collecting", "s", tick_s=0.5,
+                         bar_format="{desc}: {n:.1f}/{total:.1f} s") as bar:
         for name, activity, seconds in phases:
             for gpu in range(source.n):
                 source.set_activity(gpu, activity)
+            bar.set_description(f"collecting ({name})")
             with sampler.window(name, activity=activity):
                 time.sleep(seconds)
+            bar.update(seconds)
     click.echo(format_summary(summarize_telemetry(load_telemetry(out))))
     windows = load_windows(out)
-    per_phase = windows.groupby("window").agg(energy_j=("energy_j", "sum"), gpu_seconds=("duration_s", "sum"),
-                                              methods=("energy_method", lambda m: ",".join(sorted(set(m.dropna())))))
-    for name, row in per_phase.iterrows():
-        click.echo(f"  [SIMULATED] {name:<8} {row.energy_j:8.1f} J on all GPUs, "
-                   f"{row.energy_j / row.gpu_seconds:.0f} W per GPU ({row.methods})")
+    click.echo(format_windows(summarize_windows(windows), simulated=True))  # per phase, with the energy method

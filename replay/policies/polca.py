@@ -489,7 +489,8 @@ def oversubscription_search(trace: pd.DataFrame, bundle: ModelBundle, config: Cl
     ``budget_source``, the original ``servers``, ``best_servers_added`` (monotone by construction),
     ``best_servers_added_ci``, ``raw_monotone``, ``original_row_passes``, ``seeds``, ``polca``
     (the settings used), ``table`` (one row per addition: means over replications) and ``runs``
-    (one row per addition and replication).
+    (one row per addition and replication) and ``timeline`` (the first replication of every
+    addition over time: the row's power and what the controller did, :func:`write_search_timeline`).
     """
     from ..engine import replay
 
@@ -539,14 +540,16 @@ def oversubscription_search(trace: pd.DataFrame, bundle: ModelBundle, config: Cl
     floor = profiled_clock_floor(bundle)
     clamped = PolcaController(polca, min_clock_mhz=floor).clamped_clocks()
 
-    rows, runs = [], []
+    rows, runs, timelines = [], [], []
     for extra in range(0, max_extra + 1):
         per_seed = []
         for s in range(seeds):
             cluster, scaled, priority = point(extra, s)
             free = free_results.pop((extra, s), None) or free_run(extra, s)
-            capped = run(scaled, bundle, cluster, priority=priority,
-                         controller=PolcaController(replace(polca), min_clock_mhz=floor))
+            controller = PolcaController(replace(polca), min_clock_mhz=floor)
+            capped = run(scaled, bundle, cluster, priority=priority, controller=controller)
+            if s == 0:  # the row over time, for people: the first replication of every addition
+                timelines.append(_timeline_rows(extra, s, capped, controller))
             a, b = free["latency"], latency_by_priority(capped.requests)
             impact = (b["e2e_p99_s"] / a["e2e_p99_s"] - 1.0).to_dict()
             p50_impact = (b["e2e_p50_s"] / a["e2e_p50_s"] - 1.0).to_dict()
@@ -595,7 +598,64 @@ def oversubscription_search(trace: pd.DataFrame, bundle: ModelBundle, config: Cl
             "confidence": confidence, "bounds": {"p99_high": bound_high, "p99_low": bound_low,
                                                  "over_budget_time": max_over_budget_fraction},
             "polca": polca, "min_clock_mhz": floor, "clamped_clocks_mhz": clamped,
-            "table": table, "runs": pd.DataFrame(runs)}
+            "table": table, "runs": pd.DataFrame(runs),
+            "timeline": pd.concat(timelines, ignore_index=True) if timelines else pd.DataFrame(columns=TIMELINE_COLUMNS)}
+
+
+# ---------------------------------------------------------------------------- the row over time
+TIMELINE_COLUMNS = ["servers_added", "seed", "kind", "t_s", "duration_s", "power_w", "level"]
+
+
+def _timeline_rows(extra: int, seed: int, result, controller: PolcaController) -> pd.DataFrame:
+    """One capped replay over time, as rows of :data:`TIMELINE_COLUMNS`: ``kind`` ``row_power``,
+    the row's metered power (W) over a stretch of ``duration_s`` from ``t_s`` (the timeline's
+    stretches of constant total); or an entry of the controller's log - ``command`` (a decision,
+    with the reading ``power_w`` it was taken on and the new ``level``), ``apply`` (a level taking
+    effect on the servers), ``brake`` (with its reading) or ``release`` (back to ``level``)."""
+    parts = []
+    timeline = getattr(result, "timeline", None)
+    if timeline is not None and len(timeline) and "power_w" in timeline:
+        from ..engine import cluster_power
+
+        parts.append(cluster_power(timeline).assign(kind="row_power", level=np.nan))
+    log = pd.DataFrame(controller.log)
+    if len(log):
+        parts.append(pd.DataFrame({"t_s": log["t_s"].astype(float), "duration_s": 0.0, "kind": log["event"].astype(object),
+                                   "power_w": pd.to_numeric(log["power_w"], errors="coerce") if "power_w" in log else np.nan,
+                                   "level": pd.to_numeric(log["level"], errors="coerce") if "level" in log else np.nan}))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TIMELINE_COLUMNS)
+    return frame.assign(servers_added=extra, seed=seed)[TIMELINE_COLUMNS]
+
+
+def search_timeline_table(result: dict, simulated: bool = False):
+    """The search's ``timeline`` as an Arrow table (:func:`_timeline_rows` columns), with the
+    budget (W), the thresholds and delays in the schema metadata ``wattlas.polca`` (JSON) and
+    ``wattlas.simulated``."""
+    import json
+
+    import pyarrow as pa
+
+    polca = result["polca"]
+    frame = result.get("timeline")
+    frame = (frame if frame is not None else pd.DataFrame(columns=TIMELINE_COLUMNS))[TIMELINE_COLUMNS]
+    settings = {k: getattr(polca, k) for k in ("t1", "t2", "uncap", "low_cap_mhz", "high_cap_mhz", "control_s",
+                                               "telemetry_delay_s", "actuation_delay_s", "brake", "brake_mhz")}
+    settings.update(budget_w=float(result["budget_w"]), budget_source=result["budget_source"], servers=result["servers"])
+    schema = pa.schema([("servers_added", pa.int64()), ("seed", pa.int64()), ("kind", pa.string()), ("t_s", pa.float64()),
+                        ("duration_s", pa.float64()), ("power_w", pa.float64()), ("level", pa.float64())],
+                       metadata={"wattlas.polca": json.dumps(settings), "wattlas.simulated": str(bool(simulated)).lower()})
+    columns = {"servers_added": frame["servers_added"].astype("int64"), "seed": frame["seed"].astype("int64"),
+               "kind": frame["kind"].astype(object), **{c: pd.to_numeric(frame[c], errors="coerce").astype(float)
+                                                         for c in ("t_s", "duration_s", "power_w", "level")}}
+    return pa.Table.from_pandas(pd.DataFrame(columns), schema=schema, preserve_index=False)
+
+
+def write_search_timeline(result: dict, path, simulated: bool = False):
+    """Write :func:`search_timeline_table` to ``path`` (Parquet; ``wattlas report`` reads it
+    beside the search CSV as ``<csv name>_timeline.parquet``); returns the path."""
+    from toolkit.parquet_io import atomic_write_table
+
+    return atomic_write_table(search_timeline_table(result, simulated), path)
 
 
 # ---------------------------------------------------------------------------- output for people

@@ -44,6 +44,7 @@ def trace() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print statistics as JSON.")
 def stats(path: Path, fmt: str, mode: str, scheduler: str | None, allow_unsorted: bool, as_json: bool) -> None:
     """Arrival rate, inter-arrival CV and token-length percentiles of a trace."""
+    from ..console import progress_bar
     from ..jsonio import dump_json
     from .stats import finalize, format_summary, summarize_trace
 
@@ -57,7 +58,8 @@ def stats(path: Path, fmt: str, mode: str, scheduler: str | None, allow_unsorted
 
             client = Client(scheduler)
         try:
-            result = finalize(summarize_csv_chunked(path, fmt, client=client))
+            with progress_bar(None, f"reading {path.name} in blocks", "block", tick_s=0.5) as bar, _dask_progress(bar):
+                result = finalize(summarize_csv_chunked(path, fmt, client=client))
         finally:
             if client is not None:
                 client.close()
@@ -65,13 +67,39 @@ def stats(path: Path, fmt: str, mode: str, scheduler: str | None, allow_unsorted
         from .formats import read_trace
         from ..parquet_io import artifact_metadata
 
-        table = read_trace(path, fmt, allow_unsorted=allow_unsorted)
-        result = summarize_trace(table)
+        with progress_bar(None, f"reading {path.name}", tick_s=0.5, bar_format="{desc}: {elapsed}"):
+            table = read_trace(path, fmt, allow_unsorted=allow_unsorted)
+            result = summarize_trace(table)
         label = _label(artifact_metadata(table.schema))
     if as_json:
         click.echo(dump_json({"source": str(path), "label": label or None, **result}))
     else:
         click.echo(format_summary(result, str(path), label))
+
+
+def _dask_progress(bar):
+    """A context in which dask's local scheduler counts finished blocks on ``bar`` (nothing when the
+    bar is off, or for a distributed client, which runs its own scheduler)."""
+    import contextlib
+
+    if bar.disable:
+        return contextlib.nullcontext()
+    from dask.callbacks import Callback
+
+    class Blocks(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: D401 - dask's hook
+            bar.update(1)
+
+    return Blocks()
+
+
+def _counting(bar):
+    """A streaming-conversion ``select`` that keeps every row and counts each validated chunk's
+    rows on ``bar``."""
+    def count(table):
+        bar.update(table.num_rows)
+        return table, False
+    return count
 
 
 @trace.command()
@@ -90,6 +118,7 @@ def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool, day
     --days/--sample take a subset while streaming, e.g. of the Azure 2024 week files
     (AzureLLMInferenceTrace_conv_1week.csv): the same subset the azure2024-*-week synth presets make.
     """
+    from ..console import progress_bar
     from ..jsonio import ensure_writable_file
     from .formats import convert_trace_streaming, read_trace, write_trace
 
@@ -101,7 +130,8 @@ def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool, day
             raise InputError(src, "--days/--sample stream a CSV trace in file order into Parquet "
                              "(no --allow-unsorted, no Parquet source, no .csv destination)")
         try:
-            rows = convert_week_file(src, dst, days=days, sample=1.0 if sample is None else sample, seed=seed, fmt=fmt)
+            with progress_bar(None, f"converting {src.name}", tick_s=0.5, bar_format="{desc}: {elapsed}"):
+                rows = convert_week_file(src, dst, days=days, sample=1.0 if sample is None else sample, seed=seed, fmt=fmt)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
         click.echo(f"wrote {rows:,} requests to {dst}")
@@ -109,10 +139,12 @@ def convert(src: Path, dst: Path, fmt: str, mode: str, allow_unsorted: bool, day
     if _is_large(src, mode, allow_unsorted):
         if dst.suffix == ".csv":
             raise InputError(dst, "chunked conversion writes Parquet; give a .parquet destination")
-        rows = convert_trace_streaming(src, dst, fmt)
+        with progress_bar(None, f"converting {src.name}", "request", tick_s=0.5, unit_scale=True) as bar:
+            rows = convert_trace_streaming(src, dst, fmt, select=_counting(bar))
     else:
-        table = read_trace(src, fmt, allow_unsorted=allow_unsorted)
-        write_trace(table, dst)
+        with progress_bar(None, f"converting {src.name}", tick_s=0.5, bar_format="{desc}: {elapsed}"):
+            table = read_trace(src, fmt, allow_unsorted=allow_unsorted)
+            write_trace(table, dst)
         rows = table.num_rows
     click.echo(f"wrote {rows:,} requests to {dst}")
 
@@ -145,19 +177,21 @@ _NOT_FOR_WEEK = {"duration_s": "--duration (use --days)",
 @click.option("--weekend-factor", type=float, help="Week presets: Saturday/Sunday rate relative to weekdays (assumed).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the trace's statistics as JSON (as `trace stats --json`).")
 def synth(preset: str, start_hour: float | None, output: Path, days: int | None, sample: float | None,
-          weekend_factor: float | None, **overrides: float | int | None) -> None:
+          weekend_factor: float | None, as_json: bool, **overrides: float | int | None) -> None:
     """Generate a production-like trace (diurnal, bursty, lognormal lengths), seedable.
 
     The week presets write Parquet row groups day by day in bounded memory; see
     toolkit/traces/week.py for every parameter and its source.
     """
     if preset in WEEK_PRESET_NAMES:
-        _synth_week(preset, output, days, sample, weekend_factor, start_hour, overrides)
+        _synth_week(preset, output, days, sample, weekend_factor, start_hour, overrides, as_json)
         return
     for name, value in (("--days", days), ("--sample", sample), ("--weekend-factor", weekend_factor)):
         if value is not None:
             raise click.BadParameter(f"{name} applies to the week presets ({', '.join(WEEK_PRESET_NAMES)})")
+    from ..console import closing_line
     from .formats import write_trace
     from .stats import format_summary, summarize_trace
     from .synth import spec_for, synthesize
@@ -170,12 +204,20 @@ def synth(preset: str, start_hour: float | None, output: Path, days: int | None,
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     write_trace(table, output)
-    click.echo(format_summary(summarize_trace(table), str(output), "synthetic"))
+    result = summarize_trace(table)
+    if as_json:
+        from ..jsonio import dump_json
+
+        click.echo(dump_json({"source": str(output), "label": "synthetic", **result}))
+    else:
+        click.echo(format_summary(result, str(output), "synthetic"))
+    closing_line(f"wrote {table.num_rows:,} requests to {output}", as_json)
 
 
 def _synth_week(preset: str, output: Path, days: int | None, sample: float | None, weekend_factor: float | None,
-                start_hour: float | None, overrides: dict) -> None:
-    from ..jsonio import ensure_writable_file
+                start_hour: float | None, overrides: dict, as_json: bool = False) -> None:
+    from ..console import closing_line, progress_bar
+    from ..jsonio import dump_json, ensure_writable_file
     from .stats import finalize, format_summary
     from .week import WEEK_DAYS, day_labels, expected_per_day, week_preset, write_week_trace
 
@@ -193,14 +235,26 @@ def _synth_week(preset: str, output: Path, days: int | None, sample: float | Non
         spec = week_preset(preset, weekend_factor=weekend_factor,
                            **{k: v for k, v in overrides.items() if k not in _NOT_FOR_WEEK})
         ensure_writable_file(output)
-        result = write_week_trace(spec, output, days=days, sample=sample, seed=seed)
+        with progress_bar(None, f"synthesizing {preset} ({days} day(s))", tick_s=0.5, bar_format="{desc}: {elapsed}"):
+            result = write_week_trace(spec, output, days=days, sample=sample, seed=seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     expected = expected_per_day(spec, seed)[:days] * sample
+    per_day = [{"day": label, "requests": int(got), "expected": float(want)}
+               for label, got, want in zip(day_labels(spec, days), result.per_day, expected)]
+    wrote = f"wrote {result.requests:,} requests to {output}"
+    if as_json:
+        stats = finalize(result.partial) if result.requests > 1 else {"requests": result.requests}
+        click.echo(dump_json({"source": str(output), "label": "synthetic", **stats, "per_day": per_day,
+                              "row_groups": result.row_groups, "published_requests": spec.requests, "days": days,
+                              "sample": sample}))
+        closing_line(wrote, as_json=True)
+        return
     if result.requests > 1:
         click.echo(format_summary(finalize(result.partial), str(output), "synthetic"))
     click.echo(f"  per day (UTC)       requests (expected), {result.row_groups} row groups")
-    for label, got, want in zip(day_labels(spec, days), result.per_day, expected):
-        click.echo(f"    {label}      {got:>12,}  ({want:,.0f})")
+    for day in per_day:
+        click.echo(f"    {day['day']}      {day['requests']:>12,}  ({day['expected']:,.0f})")
     click.echo(f"  total               {result.requests:,} of the published {spec.requests:,} over 7 days "
                f"x {days}/7 days x sample {sample:g}")
+    closing_line(wrote)
