@@ -213,6 +213,7 @@ def finish_parts(parts: list[PartState], config: ClusterConfig, out_dir: str | P
     ``requests.parquet`` (in arrival order) and ``power_timeline.parquet`` under ``out_dir`` (the
     part files removed) and return the merged summary (without writing it)."""
     from toolkit.schemas import POWER_TIMELINE, REPLAY_REQUESTS
+    from toolkit.traces.formats import streaming_parquet
 
     out_dir = Path(out_dir)
     t_end = max(p.t_last for p in parts)
@@ -231,13 +232,16 @@ def finish_parts(parts: list[PartState], config: ClusterConfig, out_dir: str | P
     tl_tmp = out_dir / "power_timeline.parquet.tmp"
     with _writer(tl_tmp, tl_schema) as out:
         for state, first_instance, tail in tails:
-            for batch in pq.ParquetFile(state.timeline_path).iter_batches():
+            for batch in streaming_parquet(state.timeline_path).iter_batches(batch_size=BATCH_ROWS):
                 out.write_table(_renumber(pa.Table.from_batches([batch]), first_instance).cast(tl_schema))
             if tail is not None:
                 out.write_table(_renumber(pa.Table.from_pandas(tail, preserve_index=False), first_instance).cast(tl_schema))
     os.replace(tl_tmp, out_dir / "power_timeline.parquet")
-    _merge_by_arrival([p.requests_path for p in parts], out_dir / "requests.parquet",
-                      REPLAY_REQUESTS.arrow(metadata=meta), [sum(len(q.ends) for q in parts[:i]) for i in range(len(parts))])
+    if len(parts) == 1:  # already in arrival order, instances numbered from 0
+        os.replace(parts[0].requests_path, out_dir / "requests.parquet")
+    else:
+        _merge_by_arrival([p.requests_path for p in parts], out_dir / "requests.parquet",
+                          REPLAY_REQUESTS.arrow(metadata=meta), [sum(len(q.ends) for q in parts[:i]) for i in range(len(parts))])
     for state in parts:
         Path(state.requests_path).unlink(missing_ok=True)
         Path(state.timeline_path).unlink(missing_ok=True)
@@ -280,7 +284,9 @@ def _merge_by_arrival(paths: list[str], dst: Path, schema: pa.Schema, first_inst
     is written, the rest waits for the next batches."""
     import pyarrow.compute as pc
 
-    readers = [pq.ParquetFile(p).iter_batches(batch_size=BATCH_ROWS) for p in paths]
+    from toolkit.traces.formats import streaming_parquet
+
+    readers = [streaming_parquet(p).iter_batches(batch_size=BATCH_ROWS) for p in paths]
     held: list[pa.Table | None] = [None] * len(paths)
     live = list(range(len(paths)))
     tmp = dst.with_name(dst.name + ".tmp")

@@ -672,6 +672,12 @@ def iter_csv_chunks(path: str | Path, fmt: str = "auto", chunk_rows: int = 1_000
         raise InputError(path, "file has a header but no data rows")
 
 
+def streaming_parquet(path: str | Path) -> pq.ParquetFile:
+    """A Parquet file to read a batch at a time in bounded memory: without pre-buffering, which
+    keeps what it read (a 5 M-row file read batch by batch grew the process by 0.5 GB)."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+
+
 def iter_trace(path: str | Path, fmt: str = "auto", chunk_rows: int = 1_000_000) -> Iterator[tuple[pa.Table, int]]:
     """Read a trace of any size in validated pieces: (``request_trace`` table, rows before it).
 
@@ -696,7 +702,7 @@ def iter_trace(path: str | Path, fmt: str = "auto", chunk_rows: int = 1_000_000)
     if not path.exists():
         raise InputError(path, "no such file")
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = streaming_parquet(path)
         names = parquet.schema_arrow.names
     except (pa.ArrowException, OSError) as exc:
         raise InputError(path, f"not a readable Parquet file ({' '.join(str(exc).split())[:200]})") from None
