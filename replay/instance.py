@@ -262,7 +262,11 @@ class Instance:
                 n = m + 1 if m > 0 else 1
         duration = n * first + slope * n * (n - 1) / 2
         power = self.cost.decode_power_w(b)
-        self._spend(duration, power)
+        self.power_now = power
+        self.busy_s += duration
+        if power is not None:
+            self.busy_energy += power * duration
+            self.rec.add_energy(self.index, self.t, self.t + duration, power)
         self.rec.add_tbt(first, slope, n, b)
         self.t += duration
         self.iterations += n
@@ -277,7 +281,10 @@ class Instance:
         heap = self.heap
         if self.t < t and heap and not self.queue and not self.prefilling and self.kvp_cap is None and self.fast_forward:
             b, g = len(heap), self.g
-            first, slope = self.cost.decode_stretch(b, self.s + b * g, self.pool.kvp)
+            const, per_token, slope = self.cost.decode_coefficients(b, self.pool.kvp)
+            first = const + per_token * (self.s + b * g)
+            if first < 1e-6 or first + slope < 1e-6:  # (the 1 us floor of every iteration)
+                first, slope = self.cost.decode_stretch(b, self.s + b * g, self.pool.kvp)
             m = heap[0][0] - g - 1  # iterations before the one that completes the next sequence
             last_start = self.t + m * first + slope * m * (m - 1) / 2
             if t < last_start - 1e-9 * (1.0 + abs(last_start)):  # (a margin against rounding at the boundary)

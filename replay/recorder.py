@@ -15,6 +15,7 @@ import numpy as np
 TBT_BINS_PER_DECADE = 200
 TBT_MIN_LOG = -6.0
 TBT_BINS = TBT_BINS_PER_DECADE * 10
+_TBT_TOPS = [10 ** (TBT_MIN_LOG + (k + 1) / TBT_BINS_PER_DECADE) for k in range(TBT_BINS)]  # each bin's upper edge (s)
 
 
 class _Track:
@@ -91,8 +92,14 @@ class Recorder:
 
     def add_tbt(self, first: float, slope: float, n: int, weight: float) -> None:
         """``n`` iterations of latency first + slope*j, each giving ``weight`` token gaps."""
-        lo, hi = self._tbt_bin(first), self._tbt_bin(first + slope * (n - 1))
-        if lo == hi:  # the common case: the whole stretch falls in one bin
+        lo = int((math.log10(first if first > 1e-6 else 1e-6) - TBT_MIN_LOG) * TBT_BINS_PER_DECADE)
+        last = first + slope * (n - 1)
+        # the common case: the whole stretch falls in one bin (its last latency below the bin's top)
+        if 0 <= lo < TBT_BINS and first <= last < _TBT_TOPS[lo]:
+            self.tbt_hist[lo] += n * weight
+            return
+        lo, hi = self._tbt_bin(first), self._tbt_bin(last)
+        if lo == hi:
             self.tbt_hist[lo] += n * weight
             return
         latencies = first + slope * np.arange(n)
