@@ -170,7 +170,9 @@ class Recorder:
 
 
 def tbt_quantile(hist: np.ndarray, q: float) -> float:
-    """Quantile ``q`` (0 to 1) of a TBT histogram (:class:`Recorder`'s), s; NaN when empty."""
+    """Quantile ``q`` (0 to 1) of a histogram of bins of 200 a decade from 1 us (:class:`Recorder`'s
+    TBT, and the request latencies of :mod:`replay.summary`), s, at the bin's log midpoint; NaN
+    when empty.  Any length: the bins past the TBT's ten decades continue the same grid."""
     total = hist.sum()
     if total == 0:
         return float("nan")

@@ -62,6 +62,21 @@ def baseline_dir(out_dir: Path, name: str = "baseline") -> Path:
     return out_dir.parent / f"{out_dir.name}_{name}"
 
 
+def load_bundle(models_path: Path, gpu_name: str | None, model_name: str | None, allow_extrapolation: bool):
+    """The model bundle at ``models_path`` narrowed to one GPU and model (an InputError naming the
+    choices when it still holds several), extrapolation allowed or not."""
+    from characterize.model_io import ModelBundle
+    from toolkit.errors import InputError
+
+    bundle = ModelBundle.load(models_path).select(gpu_name=gpu_name, model=model_name)
+    bundle.allow_extrapolation = allow_extrapolation
+    held = bundle.identities()
+    if held:
+        raise InputError(models_path, "the bundle holds models for several " + "; ".join(
+            f"{name} ({', '.join(values)})" for name, values in held.items()) + ": choose one with --gpu/--model")
+    return bundle
+
+
 def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, out_dir: Path | None,
                limit: int | None = None, policy: str = "baseline", rate_scale: float = 1.0,
                gpu_name: str | None = None, model_name: str | None = None, allow_extrapolation: bool = False,
@@ -72,7 +87,6 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     ``gpu_name``/``model_name`` pick one GPU and model of a bundle fitted on several;
     ``allow_extrapolation`` lets pools run at a TP or clock beyond the models' support (the
     summary's ``extrapolated`` lists where).  ``progress(stage, fraction)``: see the module."""
-    from characterize.model_io import ModelBundle
     from toolkit.errors import InputError
     from toolkit.jsonio import ensure_writable_dir
     from toolkit.parquet_io import artifact_metadata
@@ -92,12 +106,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
         trace = trace.iloc[:limit]
     if rate_scale != 1.0:  # compress time: the same requests at rate_scale times the rate
         trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
-    bundle = ModelBundle.load(models_path).select(gpu_name=gpu_name, model=model_name)
-    bundle.allow_extrapolation = allow_extrapolation
-    held = bundle.identities()
-    if held:
-        raise InputError(models_path, "the bundle holds models for several " + "; ".join(
-            f"{name} ({', '.join(values)})" for name, values in held.items()) + ": choose one with --gpu/--model")
+    bundle = load_bundle(models_path, gpu_name, model_name, allow_extrapolation)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
     config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
     if out_dir is not None:  # with the inputs read, fail now rather than after the replay
@@ -206,7 +215,6 @@ def run_streamed(trace_path: Path, models_path: Path, cluster_path: Path | None,
     the summary.  ``progress(stage, fraction)``: rows read over the rows to read."""
     import pyarrow.parquet as pq
 
-    from characterize.model_io import ModelBundle
     from toolkit.errors import InputError
     from toolkit.jsonio import dump_json, ensure_writable_dir, write_text_atomic
 
@@ -215,12 +223,7 @@ def run_streamed(trace_path: Path, models_path: Path, cluster_path: Path | None,
     from .stream import BATCH_ROWS, replay_stream
 
     report = progress or (lambda stage, fraction=None: None)
-    bundle = ModelBundle.load(models_path).select(gpu_name=gpu_name, model=model_name)
-    bundle.allow_extrapolation = allow_extrapolation
-    held = bundle.identities()
-    if held:
-        raise InputError(models_path, "the bundle holds models for several " + "; ".join(
-            f"{name} ({', '.join(values)})" for name, values in held.items()) + ": choose one with --gpu/--model")
+    bundle = load_bundle(models_path, gpu_name, model_name, allow_extrapolation)
     config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
     ensure_writable_dir(out_dir)
     (out_dir / "summary.json").unlink(missing_ok=True)  # (a stale one would pass for this run's)

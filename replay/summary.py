@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .recorder import TBT_BINS_PER_DECADE, TBT_MIN_LOG
+from .recorder import tbt_quantile as hist_quantile
 from .timeline import grid_weighted_kwh, sum_steps, weighted_quantile
 
 if TYPE_CHECKING:
@@ -25,23 +27,15 @@ if TYPE_CHECKING:
     from .recorder import Recorder
     from .requests import Requests
 
-LAT_BINS_PER_DECADE = 200
-LAT_MIN_LOG = -6.0  # 1 us
-LAT_BINS = LAT_BINS_PER_DECADE * 14  # up to 1e8 s
+# the TBT histogram's bins (200 a decade from 1 us), on to 1e8 s: one quantile function reads both
+LAT_BINS_PER_DECADE = TBT_BINS_PER_DECADE
+LAT_MIN_LOG = TBT_MIN_LOG
+LAT_BINS = LAT_BINS_PER_DECADE * 14
 
 
 def _lat_bins(values: np.ndarray) -> np.ndarray:
     idx = ((np.log10(np.maximum(values, 1e-6)) - LAT_MIN_LOG) * LAT_BINS_PER_DECADE).astype(np.int64)
     return np.clip(idx, 0, LAT_BINS - 1)
-
-
-def hist_quantile(hist: np.ndarray, q: float) -> float:
-    """Quantile ``q`` (0 to 1) of values counted in a log histogram (bin midpoints); NaN when empty."""
-    total = hist.sum()
-    if total == 0:
-        return float("nan")
-    idx = int(np.searchsorted(np.cumsum(hist), q * total))
-    return float(10 ** (LAT_MIN_LOG + (idx + 0.5) / LAT_BINS_PER_DECADE))
 
 
 def _q(values: np.ndarray, q: float) -> float:
@@ -216,8 +210,6 @@ class TimelineTotals:
 def summarise(config: ClusterConfig, totals: RequestTotals, timeline: TimelineTotals, ends: list[InstanceEnd],
               tbt_hist: np.ndarray, t_end: float, wall_s: float) -> dict:
     """``summary.json`` of a run that ended at ``t_end`` (s): see the README's key list."""
-    from .recorder import tbt_quantile
-
     has_power = all(e.has_power for e in ends)
     bin_s = config.bin_s
     n_bins = int(math.ceil(t_end / bin_s)) if t_end > 0 else 1
@@ -243,7 +235,7 @@ def summarise(config: ClusterConfig, totals: RequestTotals, timeline: TimelineTo
         "gpus": int(sum(e.gpus for e in ends if not e.standby)),  # standby layouts share these
         "iterations": int(sum(e.iterations for e in ends)),
         "ttft_p50_s": totals.quantile("ttft", 0.5), "ttft_p99_s": totals.quantile("ttft", 0.99),
-        "tbt_p50_s": tbt_quantile(tbt_hist, 0.5), "tbt_p99_s": tbt_quantile(tbt_hist, 0.99),
+        "tbt_p50_s": hist_quantile(tbt_hist, 0.5), "tbt_p99_s": hist_quantile(tbt_hist, 0.99),
         "e2e_p50_s": totals.quantile("e2e", 0.5), "e2e_p99_s": totals.quantile("e2e", 0.99),
         "slo_attainment": totals.met / totals.requests if totals.requests else float("nan"),
         "energy_kwh": it_kwh if has_power else None,
