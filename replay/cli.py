@@ -133,10 +133,10 @@ def sweep_command(trace_path: Path, models_path: Path, cluster_path: Path | None
     from toolkit.jsonio import dump_json
 
     from . import runner
-    from .config import ClusterConfig, load_cluster
+    from .config import load_cluster_or_default
     from .sweep import parse_vary
 
-    base = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    base = load_cluster_or_default(cluster_path)
     _check_output(output)
     simulated = ModelBundle.load(models_path).simulated  # (a bad bundle fails here, before the workers start)
     with progress_bar(None, "sweep", "point", tick_s=0.5) as bar:
@@ -220,7 +220,7 @@ def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None,
     from toolkit.jsonio import dump_json
     from toolkit.traces.formats import read_trace
 
-    from .config import ClusterConfig, load_cluster, policy_configs
+    from .config import load_cluster_or_default, policy_configs
     from .memory_planner import resolve_cluster
     from .policies.polca import format_search, oversubscription_search, search_json
 
@@ -233,7 +233,7 @@ def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None,
                    f"(seeded by the replication, 0 to {seeds - 1})", err=True)
     bundle = ModelBundle.load(models_path)
     bundle.allow_extrapolation = allow_extrapolation  # (the replay marks what it extrapolated)
-    config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    config = load_cluster_or_default(cluster_path)
     config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
     overrides = {k: v for k, v in (("telemetry_delay_s", telemetry_delay), ("actuation_delay_s", actuation_delay),
                                    ("brake", brake), ("budget_w", budget_w)) if v is not None}

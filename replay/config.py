@@ -395,6 +395,13 @@ def load_carbon_series(path: str | Path) -> tuple:
     return table.column("t_s").to_numpy(), table.column("g_per_kwh").to_numpy()
 
 
+def load_cluster_or_default(path: str | Path | None) -> ClusterConfig:
+    """The cluster TOML at ``path``, or without one the cluster an empty TOML describes (every
+    default, KV capacity derived from the model as for a pool that leaves it out): not
+    ``ClusterConfig()``, whose in-code default pool carries a fixed 400,000-token KV cache."""
+    return load_cluster(path) if path else cluster_from_dict({}, "default cluster (no --cluster)")
+
+
 def load_cluster(path: str | Path) -> ClusterConfig:
     """The cluster of a TOML file, validated (see the module docstring); paths in it are relative
     to the file, and a carbon series is checked now rather than after the replay."""

@@ -92,7 +92,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     from toolkit.parquet_io import artifact_metadata
     from toolkit.traces.formats import read_trace
 
-    from .config import ClusterConfig, load_cluster, policy_configs
+    from .config import load_cluster_or_default, policy_configs
     from .cost_model import NotReplayable
     from .engine import replay
     from .memory_planner import resolve_cluster
@@ -107,7 +107,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     if rate_scale != 1.0:  # compress time: the same requests at rate_scale times the rate
         trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
     bundle = load_bundle(models_path, gpu_name, model_name, allow_extrapolation)
-    config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    config = load_cluster_or_default(cluster_path)
     config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
     if out_dir is not None:  # with the inputs read, fail now rather than after the replay
         ensure_writable_dir(out_dir)
@@ -218,13 +218,13 @@ def run_streamed(trace_path: Path, models_path: Path, cluster_path: Path | None,
     from toolkit.errors import InputError
     from toolkit.jsonio import dump_json, ensure_writable_dir, write_text_atomic
 
-    from .config import ClusterConfig, load_cluster
+    from .config import load_cluster_or_default
     from .cost_model import NotReplayable
     from .stream import BATCH_ROWS, replay_stream
 
     report = progress or (lambda stage, fraction=None: None)
     bundle = load_bundle(models_path, gpu_name, model_name, allow_extrapolation)
-    config = load_cluster(cluster_path) if cluster_path else ClusterConfig()
+    config = load_cluster_or_default(cluster_path)
     ensure_writable_dir(out_dir)
     (out_dir / "summary.json").unlink(missing_ok=True)  # (a stale one would pass for this run's)
     rows = None

@@ -179,7 +179,9 @@ def test_examples_load_and_keep_their_meaning():
     assert dyn.input_bins == (1024, 4096) and dyn.reshard is False and polca is None
     row = load_cluster(EXAMPLES / "polca_row.toml")
     _, polca = policy_configs(row)
-    assert (polca.budget_w, polca.t1, polca.t2, polca.uncap, polca.control_s) == (1800, 0.85, 0.95, 0.80, 1.0)
+    assert polca is None  # (no fixed budget: the row's full-load power, computed when the models are known)
+    assert row.polca["budget_source"] == "provisioned_peak"
+    assert tuple(row.polca[k] for k in ("t1", "t2", "uncap", "control_s")) == (0.85, 0.95, 0.80, 1.0)
     assert [p.priority for p in row.pools] == ["high", "low"]
 
 
