@@ -64,8 +64,10 @@ def child(mode: str, trace: str, models: str, instances: int, out: str, partitio
 
         summary = replay_partitioned(trace, models, config, out, True, partitions, workers=partitions)
     wall = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    from replay.stream import peak_rss_mib
+
+    rss = peak_rss_mib() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (maxrss counts the parent's)
+    workers = max((r or 0.0 for r in (summary.get("streamed") or {}).get("part_peak_rss_mib", [])), default=0.0)
     print(json.dumps({"wall_s": wall, "requests": summary["requests"], "finished": summary["finished"],
                       "rss_mib": rss, "worker_rss_mib": workers, "slo": summary["slo_attainment"],
                       "held": (summary.get("streamed") or {}).get("peak_requests_held")}))
@@ -79,7 +81,7 @@ def run(mode: str, trace: Path, models: Path, instances: int, out: Path, partiti
 
 def show(label: str, r: dict, reference: dict | None) -> None:
     ratio = f"  {reference['wall_s'] / r['wall_s']:.2f}x the in-memory rate" if reference else ""
-    worker = f", worker peak RSS {r['worker_rss_mib']:,.0f} MiB" if r.get("worker_rss_mib") and "partitioned" in label else ""
+    worker = f", worker peak RSS {r['worker_rss_mib']:,.0f} MiB" if r.get("worker_rss_mib") and "partition" in label else ""
     print(f"[SIMULATED] {label:<34} {r['requests']:>11,} req  {r['wall_s']:8.1f} s  {r['requests'] / r['wall_s']:>9,.0f} req/s  "
           f"peak RSS {r['rss_mib']:,.0f} MiB{worker}{ratio}")
 
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--week", type=Path, help="a week preset trace (Parquet) to replay partitioned")
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true", help="no in-memory reference (it needs ~3 GB per 5 M)")
+    parser.add_argument("--skip-partitioned", action="store_true", help="one core only: no LocalCluster run")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wattlas-bench-"))
     models = _bundle(tmp / "models.json")
@@ -114,6 +117,8 @@ def main() -> None:
         if reference:
             show(f"in-memory reference, {args.instances} inst", reference, None)
         show(f"streaming, {args.instances} inst", run("stream", trace, models, args.instances, tmp / f"s{n}"), reference)
+        if args.skip_partitioned:
+            continue
         show(f"partitioned x{args.partitions} cells", run("partitioned", trace, models, args.instances, tmp / f"p{n}",
                                                           args.partitions), reference)
 

@@ -74,7 +74,21 @@ class PartState:
     timeline_path: str
     wall_s: float
     peak_held: int = 0  # most requests held at once (in flight or waiting to be written in order)
+    peak_rss_mib: float | None = None  # the replaying process's peak resident memory (Linux; None elsewhere)
     extrapolated: list[str] = field(default_factory=list)
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory (MiB) from /proc (VmHWM: unlike getrusage's maxrss it
+    is not inherited from the process that started this one); None where /proc has no such line."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def cell_of(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -204,7 +218,7 @@ def replay_part(trace_path: str | Path, bundle: ModelBundle, config: ClusterConf
         write_done(True)
         write_bins(min(core.recorder.open_bins(), default=0))
     return PartState(part, own, names, core.ends(), core.recorder, timeline, totals, core.t_last, str(requests_path),
-                     str(timeline_path), time.perf_counter() - started, peak_held, list(bundle.extrapolated))
+                     str(timeline_path), time.perf_counter() - started, peak_held, peak_rss_mib(), list(bundle.extrapolated))
 
 
 def finish_parts(parts: list[PartState], config: ClusterConfig, out_dir: str | Path, simulated: bool,
@@ -254,6 +268,7 @@ def finish_parts(parts: list[PartState], config: ClusterConfig, out_dir: str | P
     summary["streamed"] = {"parts": len(parts), "kind": parts[0].part.kind, "batch_rows": None,
                            "part_wall_s": [p.wall_s for p in parts],
                            "peak_requests_held": max(p.peak_held for p in parts),
+                           "part_peak_rss_mib": [p.peak_rss_mib for p in parts],
                            "latency_quantiles": "log histogram, 200 bins a decade (within 0.6 %)"}
     summary["extrapolated"] = sorted({note for p in parts for note in p.extrapolated}) or None
     return summary
