@@ -63,13 +63,10 @@ def fit(inputs: tuple[Path, ...], output: Path, fmt: str, where: tuple[str, ...]
     """Fit latency and power models per phase, select by held-out MAPE, save JSON."""
     from toolkit.console import closing_line, progress_bar, step_progress
 
-    from .fitting import IDLE_PHASE, MIN_ROWS, fit_bundle
+    from .fitting import IDLE_PHASE, MIN_ROWS, bundle_metadata, fit_bundle
 
     frame = _load_all(inputs, fmt, where)
-    simulated = bool(frame["backend"].astype(str).str.startswith("sim").any())
-    metadata = {"sources": [str(p) for p in inputs], "where": list(where), "rows": int(len(frame)),
-                "simulated": simulated, "gpu_name": sorted(frame["gpu_name"].dropna().astype(str).unique().tolist()),
-                "model": sorted(frame["model"].dropna().astype(str).unique().tolist())}
+    metadata = bundle_metadata(frame, [str(p) for p in inputs], list(where))
     to_fit = [p for p in (list(phases) or sorted(frame["phase"].dropna().unique())) if p != IDLE_PHASE]
     with progress_bar(len(to_fit), None, "phase", tick_s=0.5) as bar:
         bundle = fit_bundle(frame, metadata, list(phases) or None, tree_estimators, progress=step_progress(bar))

@@ -182,6 +182,16 @@ def select_latency_model(frame: pd.DataFrame, phase: str, candidates: dict | Non
     return candidates[best](frame), report
 
 
+def bundle_metadata(frame: pd.DataFrame, sources: list[str], where: list[str] | None = None) -> dict:
+    """A bundle's metadata from the rows it is fitted on: their sources, filters and count, whether
+    any is simulated, and the GPUs and models they hold (replay derives KV capacity from a model
+    named here, so a bundle fitted by ``characterize fit`` and by the demo must both carry it)."""
+    column = lambda name: sorted(frame[name].dropna().astype(str).unique().tolist()) if name in frame else []  # noqa: E731
+    return {"sources": list(sources), "where": list(where or []), "rows": int(len(frame)),
+            "simulated": bool(frame["backend"].astype(str).str.startswith("sim").any()) if "backend" in frame else False,
+            "gpu_name": column("gpu_name"), "model": column("model")}
+
+
 def fit_bundle(frame: pd.DataFrame, metadata: dict | None = None, phases: list[str] | None = None,
                tree_estimators: int = 300, progress: Callable[[str], None] | None = None) -> ModelBundle:
     """Latency (and, where measured, power) models for every phase in ``frame``."""

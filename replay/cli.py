@@ -136,9 +136,10 @@ def sweep_command(trace_path: Path, models_path: Path, cluster_path: Path | None
     from .config import load_cluster_or_default
     from .sweep import parse_vary
 
-    base = load_cluster_or_default(cluster_path)
+    bundle = ModelBundle.load(models_path)  # (a bad bundle fails here, before the workers start)
+    base = load_cluster_or_default(cluster_path, bundle)
     _check_output(output)
-    simulated = ModelBundle.load(models_path).simulated  # (a bad bundle fails here, before the workers start)
+    simulated = bundle.simulated
     with progress_bar(None, "sweep", "point", tick_s=0.5) as bar:
         table = runner.sweep(trace_path, models_path, base, parse_vary(list(vary)), scheduler, workers,
                              progress=count_progress(bar))
@@ -233,7 +234,7 @@ def polca_search(trace_path: Path, models_path: Path, cluster_path: Path | None,
                    f"(seeded by the replication, 0 to {seeds - 1})", err=True)
     bundle = ModelBundle.load(models_path)
     bundle.allow_extrapolation = allow_extrapolation  # (the replay marks what it extrapolated)
-    config = load_cluster_or_default(cluster_path)
+    config = load_cluster_or_default(cluster_path, bundle)
     config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
     overrides = {k: v for k, v in (("telemetry_delay_s", telemetry_delay), ("actuation_delay_s", actuation_delay),
                                    ("brake", brake), ("budget_w", budget_w)) if v is not None}

@@ -103,7 +103,7 @@ summary says which KV capacity each pool used and how (``kv_capacity_tokens``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -395,11 +395,21 @@ def load_carbon_series(path: str | Path) -> tuple:
     return table.column("t_s").to_numpy(), table.column("g_per_kwh").to_numpy()
 
 
-def load_cluster_or_default(path: str | Path | None) -> ClusterConfig:
+def load_cluster_or_default(path: str | Path | None, bundle=None) -> ClusterConfig:
     """The cluster TOML at ``path``, or without one the cluster an empty TOML describes (every
-    default, KV capacity derived from the model as for a pool that leaves it out): not
-    ``ClusterConfig()``, whose in-code default pool carries a fixed 400,000-token KV cache."""
-    return load_cluster(path) if path else cluster_from_dict({}, "default cluster (no --cluster)")
+    default, KV capacity derived from ``bundle``'s model shape as for a pool that leaves it out).
+    A bundle naming no model shape keeps the in-code 400,000-token KV cache, labelled as such in
+    ``kv_capacity_source`` (never "toml": no TOML said it)."""
+    if path:
+        return load_cluster(path)
+    from .memory_planner import bundle_preset
+
+    if bundle is not None and bundle_preset(bundle) is None:
+        config = ClusterConfig()
+        pool = config.pools[0]
+        return replace(config, pools=[replace(pool, kv_capacity_source=f"default {pool.kv_capacity_tokens:,} tokens (no "
+                                                                        "--cluster; the bundle names no model shape)")])
+    return cluster_from_dict({}, "default cluster (no --cluster)")
 
 
 def load_cluster(path: str | Path) -> ClusterConfig:

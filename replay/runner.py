@@ -107,7 +107,7 @@ def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, o
     if rate_scale != 1.0:  # compress time: the same requests at rate_scale times the rate
         trace = trace.assign(arrival_s=trace["arrival_s"] / rate_scale)
     bundle = load_bundle(models_path, gpu_name, model_name, allow_extrapolation)
-    config = load_cluster_or_default(cluster_path)
+    config = load_cluster_or_default(cluster_path, bundle)
     config = resolve_cluster(config, bundle, cluster_path)  # KV capacity: as set, or from the model shape
     if out_dir is not None:  # with the inputs read, fail now rather than after the replay
         ensure_writable_dir(out_dir)
@@ -224,7 +224,7 @@ def run_streamed(trace_path: Path, models_path: Path, cluster_path: Path | None,
 
     report = progress or (lambda stage, fraction=None: None)
     bundle = load_bundle(models_path, gpu_name, model_name, allow_extrapolation)
-    config = load_cluster_or_default(cluster_path)
+    config = load_cluster_or_default(cluster_path, bundle)
     ensure_writable_dir(out_dir)
     (out_dir / "summary.json").unlink(missing_ok=True)  # (a stale one would pass for this run's)
     rows = None

@@ -87,7 +87,7 @@ def _write_report(out: Path, bundle: Path) -> Path:
     return path
 
 def _profile_and_characterize(out: Path) -> Path:
-    from characterize.fitting import IDLE_PHASE, fit_bundle
+    from characterize.fitting import IDLE_PHASE, bundle_metadata, fit_bundle
     from characterize.importers import from_profile
     from collectors.profiling.sim_profile import simulate_profile
     from toolkit.parquet_io import atomic_write_table
@@ -100,7 +100,7 @@ def _profile_and_characterize(out: Path) -> Path:
     click.echo("fitting latency and power models ...")
     frame = from_profile(table)
     with progress_bar(frame.loc[frame["phase"] != IDLE_PHASE, "phase"].nunique(), None, "phase", tick_s=0.5) as bar:
-        bundle = fit_bundle(frame, {"simulated": True, "sources": ["simulated profile llama3-8b quick"]},
+        bundle = fit_bundle(frame, bundle_metadata(frame, ["simulated profile llama3-8b quick"]),
                             tree_estimators=100, progress=step_progress(bar))
     path = bundle.save(out / "models_sim_llama3-8b.json")
     for name, report in bundle.validation.items():
