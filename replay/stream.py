@@ -184,23 +184,30 @@ def replay_part(trace_path: str | Path, bundle: ModelBundle, config: ClusterConf
                 tl_out.write_table(pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=tl_schema,
                                                         preserve_index=False))
 
+        by_priority = any(p.priority is not None for p in config.pools)  # (else routing never reads it)
         for table, offset in iter_trace(trace_path, "auto", batch_rows):
             rows = offset + np.arange(table.num_rows, dtype=np.int64)
-            columns = {name: table.column(name).to_numpy(zero_copy_only=False)
-                       for name in ("arrival_s", "input_tokens", "output_tokens", "priority", "request_id")
-                       if name in table.column_names}
-            priority = columns.get("priority")
+            columns = {name: table.column(name).to_numpy() for name in ("arrival_s", "input_tokens", "output_tokens",
+                                                                          "request_id") if name in table.column_names}
+            cell = cell_of(rows, part.count, own.seed) == part.index if part.kind == "cell" else None
+            priority = None
+            if "priority" in table.column_names:
+                text = table.column("priority")
+                # (strings to objects only for the rows kept, unless routing reads every row's)
+                priority = (text if by_priority or cell is None else text.filter(pa.array(cell))).to_numpy(zero_copy_only=False)
             # (a pool part routes over every pool of the cluster: a request goes to the first that takes it)
-            pools = route_requests(config, columns["input_tokens"], columns["output_tokens"], priority, trace_path, offset)
-            keep = None
+            pools = route_requests(config, columns["input_tokens"], columns["output_tokens"],
+                                   priority if by_priority else None, trace_path, offset)
+            keep = cell
             if part.kind == "pool":
                 keep = pools == part.index
                 pools = np.zeros(len(pools), dtype=np.int64)
-            elif part.kind == "cell":
-                keep = cell_of(rows, part.count, own.seed) == part.index
             if keep is not None:
                 rows, pools = rows[keep], pools[keep]
                 columns = {k: v[keep] for k, v in columns.items()}
+                if priority is not None and (by_priority or cell is None):
+                    priority = priority[keep]
+            columns["priority"] = priority
             slots = req.add(rows, columns["arrival_s"], columns["input_tokens"], columns["output_tokens"], pools,
                             columns.get("request_id"), columns.get("priority"))
             core.arrive(slots)

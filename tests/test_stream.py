@@ -171,3 +171,29 @@ def test_partitioned_cells_replay_every_request_once(tmp_path, dask_address):
     cells = cell_of(requests["request_id"].to_numpy(), 2, 0)
     # cell 0 has instances 0-1, cell 1 instances 2-3: a request stays in its cell
     assert ((requests["instance"].to_numpy() >= 2) == (cells == 1)).all()
+
+
+def test_stream_routes_by_priority_and_keeps_it(tmp_path):
+    frame = _load(1500, rate=20.0)
+    frame["priority"] = np.where(np.arange(len(frame)) % 3 == 0, "high", "low")
+    path = _write(tmp_path, frame)
+    config = ClusterConfig(pools=[PoolConfig(name="high", priority="high", instances=2),
+                                  PoolConfig(name="low", priority="low", instances=2)])
+    memory = replay(frame, linear_bundle(), config, priority=frame["priority"].to_numpy(dtype=object))
+    replay_stream(path, linear_bundle(), config, tmp_path / "out", True, batch_rows=128)
+    streamed = pd.read_parquet(tmp_path / "out" / "requests.parquet")
+    _same_requests(memory.requests, streamed)
+    assert (streamed["pool"] == streamed["priority"]).all()
+
+
+def test_cells_keep_each_request_priority(tmp_path, dask_address):
+    from replay.partition import replay_partitioned
+
+    frame = _load(1200, rate=20.0)
+    frame["priority"] = np.where(np.arange(len(frame)) % 2 == 0, "high", "low")
+    path = _write(tmp_path, frame)
+    bundle_path = linear_bundle().save(tmp_path / "m.json")
+    replay_partitioned(path, bundle_path, ClusterConfig(pools=[PoolConfig(instances=4)]), tmp_path / "cells", True, 2,
+                       address=dask_address, batch_rows=128)
+    out = pd.read_parquet(tmp_path / "cells" / "requests.parquet").sort_values("request_id")
+    assert out["priority"].tolist() == frame["priority"].tolist()
