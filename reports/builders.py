@@ -367,13 +367,19 @@ def _join_values(value) -> str | None:
     return ", ".join(f"{float(v):,.0f}" if float(v).is_integer() else f"{float(v):,.4g}" for v in values) or None
 
 
-def _saving(value) -> str | None:
-    """A saving in percent as words: "saves 30.2 %", "costs 4.1 % more", "no change"."""
+def _percent(value: object, scale: float = 1.0) -> float | None:
+    """``value`` x ``scale`` as a finite number (a percent), None when unknown."""
     try:
-        pct = float(value)
+        pct = scale * float(value)
     except (TypeError, ValueError):
         return None
-    if not np.isfinite(pct):
+    return pct if np.isfinite(pct) else None
+
+
+def _saving(value) -> str | None:
+    """A saving in percent as words: "saves 30.2 %", "costs 4.1 % more", "no change"."""
+    pct = _percent(value)
+    if pct is None:
         return None
     if abs(pct) < 0.05:
         return "no change"
@@ -382,11 +388,8 @@ def _saving(value) -> str | None:
 
 def _latency_change(value: object) -> str | None:
     """A latency change (a fraction) as words: "3.2 % slower", "1.0 % faster", "no change" (None: unknown)."""
-    try:
-        pct = 100 * float(value)
-    except (TypeError, ValueError):
-        return None
-    if not np.isfinite(pct):
+    pct = _percent(value, 100)
+    if pct is None:
         return None
     if abs(pct) < 0.05:
         return "no change"
