@@ -189,10 +189,7 @@ def end_of_run(recorder: Recorder, ends: list[InstanceEnd], t_end: float, timeli
     still held go to ``timeline``; returns them as ``power_timeline`` frames (one per instance)."""
     bin_s = recorder.bin_s
     for i, end in enumerate(ends):
-        if end.idle_w is not None and end.powered and t_end > end.t:
-            end.idle_j += end.idle_w * (t_end - end.t)
-            recorder.add_energy(i, end.t, t_end, end.idle_w)
-        end.t = max(end.t, t_end)
+        end.idle_until(t_end, recorder, i)
     n_bins = int(math.ceil(t_end / bin_s)) if t_end > 0 else 1
     for track in recorder._tracks:
         if track.open_bin < n_bins:

@@ -54,11 +54,7 @@ def _run_part(trace_path: str, models_path: str, cluster: dict, part: Part, out_
     if queue_name is not None:
         from distributed import Queue
 
-        queue = Queue(queue_name)
-
-        def report(rows: int) -> None:
-            queue.put((part.index, rows))
-
+        report = lambda rows, queue=Queue(queue_name): queue.put((part.index, rows))  # noqa: E731  (rows read so far)
     return replay_part(trace_path, ModelBundle.load(models_path), cluster_from_dict(cluster), part, out_dir, simulated,
                        batch_rows, report)
 
@@ -95,7 +91,7 @@ def replay_partitioned(trace_path: str | Path, models_path: str | Path, config: 
                     index, rows = queue.get(timeout=0.5)
                 except Exception:  # (a timeout: nothing reported in the last half second)
                     continue
-                read[parts_index(parts, index)] = rows
+                read[index] = rows  # (a part's index is its place in parts)
                 progress(sum(read))
         wait(futures)
         states = client.gather(futures)
@@ -108,7 +104,3 @@ def replay_partitioned(trace_path: str | Path, models_path: str | Path, config: 
     summary["streamed"]["scheduler"] = address or f"LocalCluster({workers or 'one worker per core'})"
     return summary
 
-
-def parts_index(parts: list[Part], index: int) -> int:
-    """Position in ``parts`` of the part whose ``index`` is ``index``."""
-    return next(i for i, p in enumerate(parts) if p.index == index)

@@ -156,6 +156,14 @@ class InstanceEnd:
         """Seconds the instance has been powered up to ``t_end``."""
         return self.powered_s + (t_end - self.powered_since if self.powered else 0.0)
 
+    def idle_until(self, t_end: float, recorder: Recorder, index: int) -> None:
+        """Idle from the last event to ``t_end`` (s), at idle power while powered, into the accounts
+        and into ``recorder``'s bins of instance ``index`` (as :meth:`Instance.idle_until` does live)."""
+        if self.idle_w is not None and self.powered and t_end > self.t:
+            self.idle_j += self.idle_w * (t_end - self.t)
+            recorder.add_energy(index, self.t, t_end, self.idle_w)
+        self.t = max(self.t, t_end)
+
 
 class TimelineTotals:
     """The timeline's runs taken out of a recorder so far, summed over instances into the row's
