@@ -47,24 +47,28 @@ def parts_of(config: ClusterConfig, split: str | int) -> list[Part]:
 
 
 def _run_part(trace_path: str, models_path: str, cluster: dict, part: Part, out_dir: str, simulated: bool,
-              batch_rows: int, queue_name: str | None) -> PartState:
-    from characterize.model_io import ModelBundle
+              batch_rows: int, queue_name: str | None, bundle_choice: dict) -> PartState:
+    from .runner import load_bundle
 
+    bundle = load_bundle(models_path, **bundle_choice)
     report = None
     if queue_name is not None:
         from distributed import Queue
 
         report = lambda rows, queue=Queue(queue_name): queue.put((part.index, rows))  # noqa: E731  (rows read so far)
-    return replay_part(trace_path, ModelBundle.load(models_path), cluster_from_dict(cluster), part, out_dir, simulated,
-                       batch_rows, report)
+    return replay_part(trace_path, bundle, cluster_from_dict(cluster), part, out_dir, simulated, batch_rows, report)
 
 
 def replay_partitioned(trace_path: str | Path, models_path: str | Path, config: ClusterConfig, out_dir: str | Path,
                        simulated: bool, split: str | int, address: str | None = None, workers: int | None = None,
-                       batch_rows: int = BATCH_ROWS, progress: Callable[[int], None] | None = None) -> dict:
+                       batch_rows: int = BATCH_ROWS, progress: Callable[[int], None] | None = None,
+                       gpu_name: str | None = None, model_name: str | None = None,
+                       allow_extrapolation: bool = False) -> dict:
     """Replay the parts of ``split`` (:func:`parts_of`) on the dask scheduler at ``address`` or on a
     LocalCluster of ``workers`` processes (None: one per core, closed afterwards); write the merged
-    ``requests.parquet`` and ``power_timeline.parquet`` under ``out_dir``; return the summary."""
+    ``requests.parquet`` and ``power_timeline.parquet`` under ``out_dir``; return the summary.
+    Each worker loads the bundle at ``models_path`` itself, narrowed to ``gpu_name``/``model_name``
+    and allowed to extrapolate or not (:func:`replay.runner.load_bundle`)."""
     from distributed import Client, LocalCluster, Queue, wait
 
     started = time.perf_counter()
@@ -82,8 +86,9 @@ def replay_partitioned(trace_path: str | Path, models_path: str | Path, config: 
     try:
         queue_name = f"wattlas-progress-{uuid.uuid4().hex}" if progress is not None else None
         queue = Queue(queue_name, client=client) if queue_name else None
+        choice = {"gpu_name": gpu_name, "model_name": model_name, "allow_extrapolation": allow_extrapolation}
         futures = [client.submit(_run_part, str(trace_path), str(models_path), cluster_dict, part, str(out_dir), simulated,
-                                 batch_rows, queue_name, pure=False) for part in parts]
+                                 batch_rows, queue_name, choice, pure=False) for part in parts]
         if queue is not None:
             read = [0] * len(parts)
             while not all(f.done() for f in futures):

@@ -213,6 +213,7 @@ def run_streamed(trace_path: Path, models_path: Path, cluster_path: Path | None,
     (:mod:`replay.partition`, the scheduler at ``address`` or a LocalCluster of ``workers``);
     writes requests.parquet, power_timeline.parquet and summary.json under ``out_dir`` and returns
     the summary.  ``progress(stage, fraction)``: rows read over the rows to read."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from toolkit.errors import InputError
@@ -234,7 +235,7 @@ def run_streamed(trace_path: Path, models_path: Path, cluster_path: Path | None,
             info = pq.read_metadata(trace_path)
             rows = info.num_rows
             meta = {k.decode(): v.decode() for k, v in (info.metadata or {}).items()}
-        except Exception:  # (unreadable: the streaming reader names the problem)
+        except (OSError, pa.ArrowException, UnicodeDecodeError):  # (unreadable: the streaming reader names the problem)
             pass
     parts = 1 if partitions is None else (sum(1 for p in config.pools if not p.standby) if partitions == "pools"
                                           else int(partitions))
@@ -251,7 +252,7 @@ def run_streamed(trace_path: Path, models_path: Path, cluster_path: Path | None,
             try:
                 split = partitions if partitions == "pools" else int(partitions)
                 summary = replay_partitioned(trace_path, models_path, config, out_dir, bundle.simulated, split, address,
-                                             workers, batch_rows, tick)
+                                             workers, batch_rows, tick, gpu_name, model_name, allow_extrapolation)
             except ValueError as exc:
                 raise WattlasError(str(exc)) from None
     except NotReplayable as exc:

@@ -197,3 +197,28 @@ def test_cells_keep_each_request_priority(tmp_path, dask_address):
                        address=dask_address, batch_rows=128)
     out = pd.read_parquet(tmp_path / "cells" / "requests.parquet").sort_values("request_id")
     assert out["priority"].tolist() == frame["priority"].tolist()
+
+
+def test_replay_run_stream_and_partitions_options(tmp_path, run_cli, dask_address):
+    import json
+
+    path = _write(tmp_path, _load(800, rate=20.0))
+    models = linear_bundle().save(tmp_path / "m.json")
+    cluster = tmp_path / "c.toml"
+    cluster.write_text("[[pool]]\ninstances = 2\n")
+    common = ("replay", "run", "--trace", path, "--models", models, "--cluster", cluster)
+    streamed = run_cli(*common, "--stream", "--batch-rows", "128", "-o", tmp_path / "s", "--json")
+    assert streamed.exit_code == 0, streamed.output
+    summary = json.loads(streamed.stdout)
+    assert summary["streamed"]["parts"] == 1 and summary["streamed"]["batch_rows"] == 128
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["finished"] == 800
+    parts = run_cli(*common, "--partitions", "2", "--scheduler", dask_address, "-o", tmp_path / "p", "--json")
+    assert parts.exit_code == 0, parts.output
+    summary = json.loads(parts.stdout)
+    assert summary["streamed"]["parts"] == 2 and summary["streamed"]["scheduler"] == dask_address
+    assert summary["requests"] == 800 and (tmp_path / "p" / "requests.parquet").exists()
+    for bad, words in (((*common, "--stream"), "-o/--out missing"), ((*common, "--stream", "--policy", "polca", "-o", tmp_path / "x"), "--policy"),
+                       ((*common, "--partitions", "two", "-o", tmp_path / "x"), "'pools'"),
+                       ((*common, "--scheduler", dask_address, "-o", tmp_path / "x"), "--partitions")):
+        result = run_cli(*bad)
+        assert result.exit_code != 0 and words in result.output, result.output
