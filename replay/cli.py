@@ -6,12 +6,7 @@ from pathlib import Path
 
 import click
 
-from .runner import baseline_dir as _baseline_dir  # noqa: F401 - (the names tests and older callers use)
-from .runner import fixed as _fixed  # noqa: F401
 from .runner import fixed, format_summary, num, outputs_line
-from .runner import saving as _saving  # noqa: F401
-from .runner import timeline_schema as _timeline_schema  # noqa: F401
-from .runner import write_outputs as _write_outputs  # noqa: F401
 
 
 def _check_output(path: Path | None) -> None:
@@ -26,21 +21,6 @@ def _write_csv(table, path: Path) -> None:
     from toolkit.jsonio import write_text_atomic
 
     write_text_atomic(path, table.to_csv(index=False))
-
-
-def run_replay(trace_path: Path, models_path: Path, cluster_path: Path | None, out_dir: Path | None,
-               limit: int | None = None, show_progress: bool = False, policy: str = "baseline",
-               rate_scale: float = 1.0, gpu_name: str | None = None, model_name: str | None = None,
-               allow_extrapolation: bool = False) -> dict:
-    """:func:`replay.runner.run_replay` with a progress bar on stderr when ``show_progress`` (kept
-    for callers of this older entry point; new code calls the runner)."""
-    from toolkit.console import StageProgress
-
-    from . import runner
-
-    with StageProgress() as progress:
-        return runner.run_replay(trace_path, models_path, cluster_path, out_dir, limit, policy, rate_scale, gpu_name,
-                                 model_name, allow_extrapolation, progress=progress if show_progress else None)
 
 
 @click.group()

@@ -13,7 +13,8 @@ import pytest
 from characterize.fitting import fit_bundle
 from characterize.importers import from_profile
 from collectors.profiling.sim_profile import simulate_profile
-from replay.cli import _saving, run_replay
+from replay.runner import run_replay
+from replay.runner import saving as _saving
 from replay.config import ClusterConfig
 from replay.engine import replay
 from replay.policies.baselines import accounting, best_static, peak_rate, peak_static, savings, static_config

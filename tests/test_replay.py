@@ -345,12 +345,12 @@ def test_outputs_to_a_read_only_directory_fail_in_one_line(run_cli, tmp_path, re
 
 def test_a_failed_rewrite_leaves_no_summary_beside_new_artifacts(tmp_path, monkeypatch):
     """summary.json marks a complete run: an earlier run's is removed before the new artifacts."""
-    import replay.cli as replay_cli
+    import replay.runner as runner
     from toolkit.errors import InputError
 
     result = replay(_load(50), linear_bundle(), one_pool())
     out = tmp_path / "rep"
-    replay_cli._write_outputs(result, dict(result.summary), out, True)
+    runner.write_outputs(result, dict(result.summary), out, True)
     assert (out / "summary.json").exists()
 
     def fail(*args, **kwargs):
@@ -358,5 +358,5 @@ def test_a_failed_rewrite_leaves_no_summary_beside_new_artifacts(tmp_path, monke
 
     monkeypatch.setattr("toolkit.parquet_io.atomic_write_table", fail)
     with pytest.raises(InputError):
-        replay_cli._write_outputs(result, dict(result.summary), out, True)
+        runner.write_outputs(result, dict(result.summary), out, True)
     assert not (out / "summary.json").exists()
