@@ -104,8 +104,7 @@ def replay_partitioned(trace_path: str | Path, models_path: str | Path, config: 
         client.close()
         if local is not None:
             local.close()
-    summary = finish_parts(states, config, out_dir, simulated, time.perf_counter() - started)
-    summary["streamed"]["batch_rows"] = batch_rows
+    summary = finish_parts(states, config, out_dir, simulated, time.perf_counter() - started, batch_rows)
     summary["streamed"]["scheduler"] = address or f"LocalCluster({workers or 'one worker per core'})"
     return summary
 

@@ -242,7 +242,7 @@ def replay_part(trace_path: str | Path, bundle: ModelBundle, config: ClusterConf
 
 
 def finish_parts(parts: list[PartState], config: ClusterConfig, out_dir: str | Path, simulated: bool,
-                 wall_s: float) -> dict:
+                 wall_s: float, batch_rows: int) -> dict:
     """End every part at the latest time any reached (each instance idles to it), write the merged
     ``requests.parquet`` (in arrival order) and ``power_timeline.parquet`` under ``out_dir`` (the
     part files removed) and return the merged summary (without writing it)."""
@@ -285,7 +285,7 @@ def finish_parts(parts: list[PartState], config: ClusterConfig, out_dir: str | P
     ends = [e for p in parts for e in p.ends]
     tbt_hist = sum(p.recorder.tbt_hist for p in parts)
     summary = summarise(_whole(config, parts), totals, timeline, ends, tbt_hist, t_end, wall_s)
-    summary["streamed"] = {"parts": len(parts), "kind": parts[0].part.kind, "batch_rows": None,
+    summary["streamed"] = {"parts": len(parts), "kind": parts[0].part.kind, "batch_rows": batch_rows,
                            "part_wall_s": [p.wall_s for p in parts],
                            "peak_requests_held": max(p.peak_held for p in parts),
                            "part_peak_rss_mib": [p.peak_rss_mib for p in parts],
@@ -364,6 +364,5 @@ def replay_stream(trace_path: str | Path, bundle: ModelBundle, config: ClusterCo
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = replay_part(trace_path, bundle, config, Part(), out_dir, simulated, batch_rows, progress)
-    summary = finish_parts([state], config, out_dir, simulated, time.perf_counter() - started)
-    summary["streamed"]["batch_rows"] = batch_rows
+    summary = finish_parts([state], config, out_dir, simulated, time.perf_counter() - started, batch_rows)
     return summary
